@@ -1,0 +1,32 @@
+# polarsearch: `make run` (a short real search on CPU) and `make test` (the test suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-install
+# CIFAR-10 as an ImageFolder tree beside the repository, when it is there.
+DATA ?= $(wildcard ../shared/data/cifar10)
+export POLARSEARCH_TEST_DATA := $(abspath $(DATA))
+
+.PHONY: install run test lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+run: install
+	$(VENV)/bin/polarsearch --preset cpu-quick --target-flops 0.5 --delta 0.05 \
+		$(if $(DATA),--data-dir $(DATA),--download --data-dir .cache/cifar10)
+
+test: install
+	$(PY) -m pytest -q -ra
+
+lint: install
+	$(VENV)/bin/ruff check search trainers pruning tests experiments bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

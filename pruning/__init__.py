@@ -1,0 +1,1 @@
+"""The paper's mathematics and the channel surgery; depends on torch only."""
