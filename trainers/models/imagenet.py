@@ -1,0 +1,24 @@
+"""The ImageNet networks of the paper's Table 3 (§4.3), torchvision's implementations, untrained.
+
+ResNet-50 (He et al., 2016): 4,089,184,256 multiply-adds at 224×224; MobileNet-V2 (Sandler et
+al., 2018): 300,774,272. torchvision already initialises convolutions with He's method.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision import models
+
+from trainers.models import register
+
+
+@register("resnet50", input_size=224)
+def resnet50(num_classes: int) -> nn.Module:
+    """torchvision's ResNet-50, no pretrained weights."""
+    return models.resnet50(weights=None, num_classes=num_classes)
+
+
+@register("mobilenet_v2", input_size=224)
+def mobilenet_v2(num_classes: int) -> nn.Module:
+    """torchvision's MobileNet-V2 (width 1.0), no pretrained weights."""
+    return models.mobilenet_v2(weights=None, num_classes=num_classes)
