@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-install
 DATA ?= $(wildcard ../shared/data/cifar10)
 export POLARSEARCH_TEST_DATA := $(abspath $(DATA))
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean experiment bench
 
 install: $(STAMP)
 
@@ -24,6 +24,14 @@ run: install
 
 test: install
 	$(PY) -m pytest -q -ra
+
+# Issue 6: the F(λ, t) surfaces of the CPU regimes, with figures, into experiments/results/.
+experiment: install
+	$(PY) experiments/cpu_regime.py --data-dir $(DATA)
+
+# Side-by-side ratios (data pipeline vs random tensors, regularizer overhead, Ray overhead, strategies).
+bench: install
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check search trainers pruning tests experiments bench

@@ -4,19 +4,18 @@
 each is exactly 0 after its BN. `prune` returns a new, smaller dense model (a torch.fx
 GraphModule whose layers keep their names) that computes the same function without them.
 
-How. The model is traced with torch.fx. A *channel space* is the output of a conv or linear layer
-(groups 1) with the ops that keep its channels one to one: BN, zero-preserving activations,
-pooling, depthwise convs. A space is prunable when it holds a BN and every value leaving it has
-passed one, so a removed channel is exactly 0 wherever it leaves; its BNs are the prunable BNs
-(in ResNets, VGG and MobileNet-V2: all of them), and a channel goes only when every BN of the
-space agrees (MobileNet-V2's expanded channels are shared by two). The new graph computes only the
-kept channels; consumers take fewer inputs, and where a compact tensor meets an op that needs all
-channels (a residual addition, a grouped conv, anything unknown) it is scattered back, zero-padded,
-to full width: the paper's scheme for the last conv of a residual block (§4.2, after He et al.,
-2019). A branch that loses every channel becomes the constant its later BNs still add, folded at
-prune time. Torch-Pruning's DependencyGraph is not used: it couples every layer feeding a residual
-addition into one group (the stream is pruned whole or not at all), which is not the paper's
-zero-padding, and this way the core stays torch only.
+How. `pruning.channels` traces the model with torch.fx and finds its *channel spaces*: the output
+of a conv or linear layer (groups 1) with the ops that keep its channels one to one. A space is
+prunable when it holds a BN and every value leaving it has passed one, so a removed channel is
+exactly 0 wherever it leaves; its BNs are the prunable BNs, and a channel goes only when every BN
+of the space agrees (MobileNet-V2's expanded channels are shared by two). This module writes the
+new graph op by op: it computes only the kept channels; consumers take fewer inputs, and where a
+compact tensor meets an op that needs all channels (a residual addition, a grouped conv, anything
+unknown) it is scattered back, zero-padded, to full width: the paper's scheme for the last conv of
+a residual block (§4.2, after He et al., 2019). A branch that loses every channel becomes the
+constant its later BNs still add, folded at prune time. Torch-Pruning's DependencyGraph is not
+used: it couples every layer feeding a residual addition into one group (the stream is pruned whole
+or not at all), which is not the paper's zero-padding, and this way the core stays torch only.
 """
 
 from __future__ import annotations
@@ -25,41 +24,16 @@ import copy
 import math
 import numbers
 import operator
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.Tanh,
-                nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)  # fmt: skip
-_ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.silu,
-                         F.gelu, F.hardswish, F.mish, torch.tanh}  # fmt: skip
-_ACTIVATION_METHODS = {"relu", "relu_", "tanh"}
-_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d)
-_POOL_FUNCTIONS = {F.max_pool2d, F.adaptive_avg_pool2d, F.avg_pool2d}
+from pruning.channels import META, Spaces, analyse, out_channels, propagate_shapes, trace
+
 _BROADCAST_OPS = {operator.add, torch.add, operator.sub, torch.sub, operator.mul, torch.mul}
-_MEMBERS = ("bn", "depthwise", "activation", "pool")  # kinds that keep their input's channel space
-_META = "pruning_shape"
-
-
-class _Meta(NamedTuple):
-    shape: torch.Size
-    dtype: torch.dtype
-
-
-@dataclass(frozen=True)
-class _Spaces:
-    """The channel spaces of a traced model: `bns[root]` lists the BNs of each prunable space."""
-
-    kind: dict[fx.Node, str]
-    root: dict[fx.Node, fx.Node]
-    zeroed: set[fx.Node]  # a removed channel is exactly 0 here in the masked model
-    bns: dict[fx.Node, list[fx.Node]]
 
 
 @dataclass(frozen=True)
@@ -100,7 +74,7 @@ class ChannelScatter(nn.Module):
 
 def prunable_bns(model: nn.Module) -> list[nn.BatchNorm1d | nn.BatchNorm2d]:
     """The BN layers whose channels `prune` can remove; their γ are the scaling factors (§3.1)."""
-    spaces = _analyse(_trace(model))
+    spaces = analyse(_trace(model))
     return [model.get_submodule(n.target) for bn_nodes in spaces.bns.values() for n in bn_nodes]
 
 
@@ -121,8 +95,8 @@ def prune(model: nn.Module, threshold: float, input_shape: Sequence[int]) -> nn.
     _check_threshold(threshold)
     reference = copy.deepcopy(model).eval()
     traced = _trace(reference)
-    spaces = _analyse(traced)
-    _propagate_shapes(traced, input_shape)
+    spaces = analyse(traced)
+    propagate_shapes(traced, input_shape)
     strongest = {
         root: torch.stack([traced.get_submodule(n.target).weight.detach().abs() for n in bn_nodes]).amax(0)
         for root, bn_nodes in spaces.bns.items()
@@ -162,124 +136,9 @@ def _kept(strongest: torch.Tensor, threshold: float, forced: bool) -> torch.Tens
     return None if keep.numel() == strongest.numel() else keep
 
 
-class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with `ChannelScatter` kept whole so that a pruned model can be pruned again."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, ChannelScatter) or super().is_leaf_module(m, module_qualified_name)
-
-
 def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.GraphModule(model, _Tracer().trace(model), class_name=type(model).__name__)
-    except Exception as error:  # fx raises many types; the user needs one line
-        raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {_first_line(error)}") from None
-
-
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph once and writes each tensor's shape and dtype into its node's meta."""
-
-    def run_node(self, n: fx.Node) -> object:
-        result = super().run_node(n)
-        if isinstance(result, torch.Tensor):
-            n.meta[_META] = _Meta(result.shape, result.dtype)
-        return result
-
-
-def _propagate_shapes(traced: fx.GraphModule, input_shape: Sequence[int]) -> None:
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"input shape must be positive sizes like (3, 32, 32), got {input_shape}")
-    param = next(traced.parameters(), None)
-    x = torch.zeros((1, *shape), device=param.device if param is not None else "cpu")
-    with torch.no_grad():
-        try:  # fake tensors: shapes without the arithmetic
-            with FakeTensorMode(allow_non_fake_inputs=True):
-                _ShapeRecorder(traced).run(x)
-            return
-        except Exception:  # an op fake tensors do not support, or a shape error: ask the real run
-            pass
-        try:
-            _ShapeRecorder(traced).run(x)
-        except RuntimeError as error:
-            raise ValueError(f"input shape {shape} does not fit the model: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _kind(node: fx.Node, modules: dict[str, nn.Module], calls: Counter) -> str:
-    """What an op does to channels: produces them, keeps them (a member kind), flattens, or other."""
-    if len(node.all_input_nodes) != 1 or node.args[:1] != tuple(node.all_input_nodes):
-        return "other"
-    if node.op == "call_module":
-        m = modules[node.target]
-        once = calls[node.target] == 1  # a layer with weights is resized for one call site only
-        if isinstance(m, nn.Conv1d | nn.Conv2d) and once:
-            if m.groups == 1:
-                return "producer"
-            return "depthwise" if m.groups == m.in_channels == m.out_channels else "other"
-        if isinstance(m, nn.Linear) and once:
-            return "producer"
-        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.affine and once:
-            return "bn"
-        if isinstance(m, _ACTIVATIONS):
-            return "activation"
-        if isinstance(m, _POOLS):
-            return "pool"
-        if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            return "flatten"
-    rest = (*node.args[1:], *node.kwargs.values())
-    if node.op == "call_function":
-        if node.target in _ACTIVATION_FUNCTIONS:
-            return "activation"
-        if node.target in _POOL_FUNCTIONS:
-            return "pool"
-        if node.target is torch.flatten and rest in ((1,), (1, -1)):
-            return "flatten"
-    if node.op == "call_method":
-        if node.target in _ACTIVATION_METHODS and not rest:
-            return "activation"
-        if node.target == "flatten" and rest in ((1,), (1, -1)):
-            return "flatten"
-    return "other"
-
-
-def _analyse(traced: fx.GraphModule) -> _Spaces:
-    modules = dict(traced.named_modules())
-    calls = Counter(n.target for n in traced.graph.nodes if n.op == "call_module")
-    kind: dict[fx.Node, str] = {}
-    root: dict[fx.Node, fx.Node] = {}
-    zeroed: set[fx.Node] = set()
-    for node in traced.graph.nodes:
-        kind[node] = _kind(node, modules, calls)
-        if kind[node] not in _MEMBERS:
-            root[node] = node
-            continue
-        source = node.args[0]
-        root[node] = root[source]
-        biased = kind[node] == "depthwise" and modules[node.target].bias is not None
-        if kind[node] == "bn" or (source in zeroed and not biased):
-            zeroed.add(node)
-    members: dict[fx.Node, list[fx.Node]] = defaultdict(list)
-    for node in traced.graph.nodes:
-        members[root[node]].append(node)
-    bns = {}
-    for space, nodes in members.items():
-        if kind[space] != "producer":
-            continue
-        width = _out_channels(modules[space.target])
-        bn_nodes = [n for n in nodes if kind[n] == "bn"]
-        leaks = any(root[user] is not space for n in nodes if n not in zeroed for user in n.users)
-        if bn_nodes and not leaks and all(modules[n.target].num_features == width for n in bn_nodes):
-            bns[space] = bn_nodes
-    return _Spaces(kind, root, zeroed, bns)
-
-
-def _out_channels(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+    """The traced model, with `ChannelScatter` kept whole so that a pruned model can be pruned again."""
+    return trace(model, leaves=(ChannelScatter,))
 
 
 def _with_tensors(m: nn.Module, **tensors: torch.Tensor | None) -> nn.Module:
@@ -330,7 +189,7 @@ def _is_pointwise(m: nn.Module) -> bool:
 class _Builder:
     """Writes the pruned graph op by op from the masked, traced model and the kept channels."""
 
-    def __init__(self, traced: fx.GraphModule, spaces: _Spaces, kept: dict[fx.Node, torch.Tensor | None]):
+    def __init__(self, traced: fx.GraphModule, spaces: Spaces, kept: dict[fx.Node, torch.Tensor | None]):
         self.traced, self.spaces, self.kept = traced, spaces, kept
         self.graph = fx.Graph()
         self.attrs: dict[str, object] = {}
@@ -369,7 +228,7 @@ class _Builder:
         if node not in self.scattered:
             if state.node is None:
                 raise RuntimeError(f"surgery would read removed channels at {node.name}")
-            width = node.meta[_META].shape[1]
+            width = node.meta[META].shape[1]
             name = self._add_attr(
                 f"{_base(node)}_scatter", ChannelScatter(state.index.to(self.device), width)
             )
@@ -394,7 +253,7 @@ class _Builder:
         """Every channel of `node` removed: 0 after a BN, otherwise never computed."""
         if node not in self.spaces.zeroed:
             return _Live(None, torch.empty(0, dtype=torch.long))
-        meta = node.meta[_META]
+        meta = node.meta[META]
         shape = (1, meta.shape[1], *[1] * (len(meta.shape) - 2))
         return _Const(
             torch.zeros(shape, dtype=meta.dtype, device=self.device), frozenset({self.spaces.root[node]})
@@ -409,7 +268,7 @@ class _Builder:
         if isinstance(state, _Const):
             return _Const(self._constant_through(m, node, state), state.origin)
         source, into = state.node, state.index
-        if into is not None and isinstance(m, nn.Linear) and len(node.args[0].meta[_META].shape) != 2:
+        if into is not None and isinstance(m, nn.Linear) and len(node.args[0].meta[META].shape) != 2:
             source, into = self._full(node.args[0]), None  # channels are dim 1; linear acts on the last
         out = self.kept.get(node)
         if out is not None and out.numel() == 0:
@@ -451,7 +310,7 @@ class _Builder:
         return _Live(self._emit(node, state.node), state.index)
 
     def _flatten(self, node: fx.Node, state: _Live | _Const) -> _Live | _Const:
-        shape = node.args[0].meta[_META].shape
+        shape = node.args[0].meta[META].shape
         if isinstance(state, _Const):
             return _Const(state.value.expand(1, *shape[1:]).flatten(1), state.origin)
         if state.node is None:
@@ -495,8 +354,8 @@ class _Builder:
     def _constant_through(self, m: nn.Module, node: fx.Node, state: _Const) -> torch.Tensor:
         """A conv or linear layer applied to a constant input, when that is still a constant."""
         if not state.value.any():
-            ndim = len(node.meta[_META].shape)
-            shape = (1, _out_channels(m), *[1] * (ndim - 2))
+            ndim = len(node.meta[META].shape)
+            shape = (1, out_channels(m), *[1] * (ndim - 2))
             bias = m.bias if m.bias is not None else torch.zeros(shape[1], device=self.device)
             return bias.detach().reshape(shape).clone()
         if not _is_pointwise(m):
@@ -520,7 +379,7 @@ def _fetch(traced: fx.GraphModule, target: str) -> object:
 
 
 def _shape(node: fx.Node) -> torch.Size | None:
-    meta = node.meta.get(_META)
+    meta = node.meta.get(META)
     return getattr(meta, "shape", None)
 
 
