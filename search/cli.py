@@ -156,9 +156,9 @@ def _check_lam_t(lam: float, t: float) -> None:
 def _search_spec(args: argparse.Namespace) -> Any:
     """The SearchSpec of the flags (or of the saved search, with --resume), fully validated."""
     from search.base import check_target
+    from search.ray_cluster import RayAddressError, check_ray_address
     from search.service import SearchSpec, read_spec_file
     from search.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, TrackingError, check_uri
-    from search.tune import RayAddressError, check_ray_address
 
     if args.resume:
         output = args.output or _newest_search(Path("outputs"))
@@ -221,8 +221,8 @@ def _newest_search(root: Path) -> Path:
 
 def _search(args: argparse.Namespace) -> int:
     spec = _search_spec(args)
+    from search.ray_cluster import ResourceError
     from search.service import run_search
-    from search.tune import ResourceError
 
     print(f"{PROG}: {'resuming' if args.resume else 'searching'} F*={spec.target} δ={spec.delta} "
           f"with {spec.strategy}; output {spec.output}", flush=True)

@@ -85,14 +85,14 @@ class SearchOutcome:
 
 def run_search(spec: SearchSpec, resume: bool = False, echo: Echo = print) -> SearchOutcome:
     """Run (or, with `resume`, continue) the search of `spec`; see the module docstring."""
-    from search import tune
+    from search.ray_cluster import dashboard_hint, ray_session, trial_resources
     from search.tracking import runs_table, ui_hint
 
     start = time.perf_counter()
     config = _absolute_paths(spec.config)
-    with tune.ray_session(spec.ray_address) as ray_info:
-        echo(tune.dashboard_hint(ray_info))
-        resources = tune.trial_resources(ray_info, spec.gpus_per_trial, spec.parallel)
+    with ray_session(spec.ray_address) as ray_info:
+        echo(dashboard_hint(ray_info))
+        resources = trial_resources(ray_info, spec.gpus_per_trial, spec.parallel)
         echo(f"trials: {spec.strategy}, up to {config.max_trials}, {spec.parallel} at a time, "
              f"each with {resources['cpu']:g} CPU and {resources['gpu']:g} GPU")
         tracker = _open_tracking(spec, resume)

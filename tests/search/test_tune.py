@@ -14,18 +14,20 @@ import ray
 from ray.tune.search import Searcher
 
 from search.base import WAIT
-from search.strategies import make
-from search.tune import (
-    AskTellSearcher,
+from search.ray_cluster import (
     RayAddressError,
     RayInfo,
     ResourceError,
-    TrialEvents,
     check_ray_address,
-    final_metrics,
     ray_session,
-    run_tuner,
     trial_resources,
+)
+from search.strategies import make
+from search.tune import (
+    AskTellSearcher,
+    TrialEvents,
+    final_metrics,
+    run_tuner,
 )
 from trainers.trial import TrialResult
 
