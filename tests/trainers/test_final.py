@@ -1,0 +1,78 @@
+"""The final job on real data (the smoke preset): its exported pruned model has the FLOPs and the
+accuracy it reports, loaded with torch.export alone."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pruning.flops import count_flops
+from trainers import models
+from trainers.config import load_config
+from trainers.final import EXPORT_NAME, run_final
+from trainers.loop import evaluate
+from trainers.trial import load_splits
+
+
+class _Frozen(nn.Module):
+    """Lets count_flops run a torch.export module, which refuses .eval()/.train() (it is fixed in eval)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["inner"] = module  # not a registered child: train()/eval() do not reach it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def final(cifar10_dir, tmp_path_factory):
+    config = load_config("smoke", {"data_dir": str(cifar10_dir)})
+    splits = load_splits(config, torch.device("cpu"))
+    output = tmp_path_factory.mktemp("final")
+    reported = []
+    result = run_final(config, config.lam_high, config.t_init, output, report=reported.append, splits=splits)
+    return config, splits, output, result, reported
+
+
+def test_the_exported_model_has_the_reported_flops_and_accuracy(final):
+    config, splits, output, result, _ = final
+    assert result.model_path == output / EXPORT_NAME and result.model_path.is_file()
+    loaded = torch.export.load(result.model_path).module()
+    shape = splits.input_shape
+
+    assert count_flops(_Frozen(loaded), shape) == result.flops_after
+    assert count_flops(models.build(config.model, splits.num_classes), shape) == result.flops_before
+    assert result.flops_reduction == pytest.approx(1 - result.flops_after / result.flops_before)
+    assert 0.3 < result.flops_reduction < 1.0  # the smoke preset's λ_high prunes
+    assert result.params_after < result.params_before
+
+    accuracy, _ = evaluate(loaded, splits.test)
+    assert accuracy == pytest.approx(result.acc_after_finetune, abs=1e-3)
+    assert accuracy > 0.15  # chance is 0.1
+    one = loaded(next(iter(splits.test))[0][:1])  # any batch size
+    assert one.shape == (1, splits.num_classes)
+
+
+def test_the_summary_and_the_reports(final):
+    config, splits, output, result, reported = final
+    summary = json.loads((output / "final.json").read_text())
+    for key in ("acc_before_pruning", "acc_after_pruning", "acc_after_finetune", "flops_before", "flops_after",
+                "flops_reduction", "params_before", "params_after", "threshold"):  # fmt: skip
+        assert summary[key] == getattr(result, key), key
+    assert summary["config"] == config.to_dict() and summary["lam"] == config.lam_high
+    assert set(result.latency_ms_before) == set(result.latency_ms_after) == {1, config.eval_batch_size}
+    assert all(ms > 0 for ms in [*result.latency_ms_before.values(), *result.latency_ms_after.values()])
+    assert [r["phase"] for r in reported] == ["train"] * config.epochs + ["finetune"] * config.finetune_epochs
+    assert reported == result.history
+    assert (output / "pruned_state_dict.pt").is_file() and (output / "model.pt").is_file()
+    assert tuple(result.example_input.shape[1:]) == tuple(splits.input_shape)

@@ -1,0 +1,187 @@
+"""The final job: full polarized training, prune at the first valley, fine-tune, evaluate, export (§3.3, §4).
+
+    result = run_final(config, lam, t, "outputs/final")
+
+With the (λ, t) a search found: train `epochs` epochs with λ·R(γ; t) (the same loop and start as
+the trials), take the threshold at the first valley of the γ histogram, cut the channels below it
+with `pruning.surgery.prune`, fine-tune the smaller network `finetune_epochs` epochs at
+`finetune_lr` without regularizer, and measure test accuracy before pruning, right after it and
+after fine-tuning, FLOPs and parameters before and after, and the median inference latency of
+both networks (batch 1 and eval_batch_size, on the training device).
+
+Written to `output_dir`:
+- `pruned_model.pt2` - the fine-tuned pruned network as a `torch.export` program (CPU, eval mode,
+  any batch size). It loads without this project's code:
+
+      import torch
+      model = torch.export.load("pruned_model.pt2").module()
+      logits = model(images)  # float32 N×C×H×W, normalized like the training data
+
+  (the loaded module is fixed in eval mode: do not call `.eval()`/`.train()` on it.)
+- `pruned_state_dict.pt`, `model.pt` - state dicts of the pruned and of the unpruned polarized
+  network (the pruned one needs its pruned architecture: use the export to run it).
+- `final.json` - every number above, the threshold, (λ, t), the config and the per-epoch history.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning.flops import count_flops
+from pruning.surgery import prune
+from trainers.config import Config
+from trainers.loop import evaluate, make_optimizer, make_penalty, make_scheduler, resolve_device, train
+from trainers.trial import Report, load_splits, pruning_threshold, start_model
+
+EXPORT_NAME = "pruned_model.pt2"
+
+
+@dataclass
+class FinalResult:
+    """The numbers of a final job; latencies are {batch size: median milliseconds}."""
+
+    acc_before_pruning: float
+    acc_after_pruning: float
+    acc_after_finetune: float
+    flops_before: int
+    flops_after: int
+    flops_reduction: float
+    params_before: int
+    params_after: int
+    latency_ms_before: dict[int, float]
+    latency_ms_after: dict[int, float]
+    threshold: float | None
+    model_path: Path
+    pruned_model: nn.Module = field(repr=False)
+    example_input: torch.Tensor = field(repr=False)
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLike, report: Report | None = None,
+              splits: Any = None) -> FinalResult:  # fmt: skip
+    """Train, prune, fine-tune, measure and export (see the module docstring); `report` gets one
+    dict per epoch with its `phase` ("train" or "finetune")."""
+    if not (math.isfinite(lam) and lam >= 0 and math.isfinite(t)):
+        raise ValueError(f"λ must be >= 0 and t finite, got λ={lam}, t={t}")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    splits = splits if splits is not None else load_splits(config, device)
+    input_shape = tuple(splits.input_shape)
+    steps = len(splits.train)
+    history: list[dict[str, Any]] = []
+
+    def log(phase: str):
+        def on_epoch_end(epoch: int, stats: dict[str, Any]) -> bool:
+            record = {"phase": phase, **stats}
+            history.append(record)
+            if report is not None:
+                report(dict(record))
+            return False
+        return on_epoch_end
+
+    model = start_model(config, splits, device)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
+                               config.lr_decay)  # fmt: skip
+    train(model, splits.train, optimizer, scheduler, epochs=config.epochs, penalty=make_penalty(config, lam, t, steps),
+          seed=config.seed, amp=config.amp, compile=config.compile, on_epoch_end=log("train"))  # fmt: skip
+    acc_before, _ = evaluate(model, splits.test, config.amp)
+
+    threshold = pruning_threshold(model, config)
+    pruned = prune(model, threshold, input_shape) if threshold is not None else copy.deepcopy(model)
+    acc_after_pruning, _ = evaluate(pruned, splits.test, config.amp)
+    if config.finetune_epochs > 0:
+        optimizer = make_optimizer(pruned, config, lr=config.finetune_lr, gamma_lr=config.finetune_lr)
+        scheduler = make_scheduler(optimizer, config.finetune_schedule or config.lr_schedule, config.finetune_epochs,
+                                   steps, config.lr_milestones, config.lr_decay)  # fmt: skip
+        train(pruned, splits.train, optimizer, scheduler, epochs=config.finetune_epochs, seed=config.seed,
+              amp=config.amp, compile=config.compile, on_epoch_end=log("finetune"))  # fmt: skip
+    acc_after_finetune, _ = evaluate(pruned, splits.test, config.amp)
+
+    flops_before, flops_after = count_flops(model, input_shape), count_flops(pruned, input_shape)
+    batch_sizes = sorted({1, config.eval_batch_size})
+    latency_before, latency_after = (
+        {b: measure_latency(m, input_shape, b, config.latency_runs, config.channels_last) for b in batch_sizes}
+        for m in (model, pruned)
+    )
+
+    example = next(iter(splits.test))[0][:2].detach().cpu().contiguous()
+    model_path = output / EXPORT_NAME
+    export(pruned, example, model_path)
+    torch.save({k: v.cpu() for k, v in pruned.state_dict().items()}, output / "pruned_state_dict.pt")
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, output / "model.pt")
+
+    result = FinalResult(
+        acc_before_pruning=acc_before, acc_after_pruning=acc_after_pruning, acc_after_finetune=acc_after_finetune,
+        flops_before=flops_before, flops_after=flops_after, flops_reduction=1.0 - flops_after / flops_before,
+        params_before=_params(model), params_after=_params(pruned), latency_ms_before=latency_before,
+        latency_ms_after=latency_after, threshold=threshold, model_path=model_path, pruned_model=pruned,
+        example_input=example, history=history,
+    )  # fmt: skip
+    _write_summary(result, config, lam, t, device, output / "final.json")
+    return result
+
+
+def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Save a CPU copy of `model` in eval mode as a torch.export program whose batch size is free."""
+    module = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(module, (example.cpu(),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, path)
+
+
+@torch.inference_mode()
+def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int, runs: int,
+                    channels_last: bool = False, warmup: int = 2) -> float:  # fmt: skip
+    """Median milliseconds of one forward pass of a random batch, in eval mode on the model's device."""
+    device = next(model.parameters()).device
+    x = torch.randn(batch_size, *input_shape, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        for i in range(warmup + runs):
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return 1000.0 * statistics.median(times)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _write_summary(result: FinalResult, config: Config, lam: float, t: float, device: torch.device,
+                   path: Path) -> None:  # fmt: skip
+    summary = {
+        "lam": lam, "t": t, "threshold": result.threshold, "device": str(device),
+        **{k: getattr(result, k) for k in ("acc_before_pruning", "acc_after_pruning", "acc_after_finetune",
+                                           "flops_before", "flops_after", "flops_reduction", "params_before",
+                                           "params_after", "latency_ms_before", "latency_ms_after")},
+        "model_path": str(result.model_path), "config": config.to_dict(), "history": result.history,
+    }  # fmt: skip
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(partial, path)

@@ -1,0 +1,241 @@
+"""A trial of the search: polarized training that measures F after every epoch until F is stable (§3.3).
+
+    result = run_trial(load_config("smoke", {"data_dir": "..."}), lam=1e-2, t=1.2, report=print)
+    result.status, result.flops_reduction, result.history
+
+After every epoch the trial takes the pruning threshold at the first valley of the histogram of
+all γ (§3.3), the FLOPs reduction F = 1 − FLOPs(pruned)/FLOPs(original) of the model that
+`pruning.surgery.prune` would cut at that threshold, and the validation accuracy, and passes them
+to `report` (Ray's `tune.report` in a search). It stops when F moved by at most `f_tol` over the
+last `patience` epochs (the window of patience + 1 values; and at least `min_epochs` epochs), or
+at `max_epochs` (the paper: 30 on ImageNet). The learning-rate schedule is that of the full run
+(`epochs`), so a trial is the first `max_epochs` epochs of the final job's training.
+
+A NaN/inf loss ends the trial with status "failed", never an exception. With a `checkpoint_dir`
+the state after every epoch is written atomically to `checkpoint_dir/trial.pt`, and a trial
+started again with the same (λ, t) and training settings resumes from it, with the same result.
+With `warm_start_epochs` > 0 every trial starts from one unregularized baseline, trained once and
+cached under `cache_root(config)/baselines/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning.flops import count_flops
+from pruning.regularizers import init_scaling_factors_, scaling_factors
+from pruning.surgery import prune
+from pruning.threshold import all_gammas, first_valley
+from trainers import models
+from trainers.config import Config, cache_root
+from trainers.loop import (
+    DivergedError,
+    evaluate,
+    make_optimizer,
+    make_penalty,
+    make_scheduler,
+    resolve_device,
+    train,
+)
+
+STABLE, MAX_EPOCHS, FAILED = "stable", "max_epochs", "failed"
+CHECKPOINT = "trial.pt"
+# Settings that do not change a trial's trajectory: a checkpoint made under other values resumes.
+_NOT_TRAJECTORY = frozenset({
+    "data_dir", "download", "device", "num_workers", "threads", "cache_dir", "compile", "eval_batch_size",
+    "latency_runs", "max_epochs", "min_epochs", "f_tol", "patience", "finetune_epochs", "finetune_lr",
+    "finetune_schedule", "lam_low", "lam_high", "t_init", "t_step", "max_trials",
+})  # fmt: skip
+
+Report = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class TrialResult:
+    """The outcome of a trial; `flops_reduction` is NaN when it failed."""
+
+    status: str  # "stable" | "max_epochs" | "failed"
+    flops_reduction: float
+    threshold: float | None
+    val_accuracy: float
+    epochs: int
+    history: list[dict[str, Any]]
+    message: str = ""
+    model_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+
+def run_trial(config: Config, lam: float, t: float, report: Report | None = None,
+              checkpoint_dir: str | os.PathLike | None = None, splits: Any = None) -> TrialResult:  # fmt: skip
+    """Train with λ·R(γ; t) until F is stable or `max_epochs`; report every epoch (see module doc)."""
+    if not (math.isfinite(lam) and lam >= 0 and math.isfinite(t)):
+        raise ValueError(f"λ must be >= 0 and t finite, got λ={lam}, t={t}")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    splits = splits if splits is not None else load_splits(config, device)
+    try:
+        model = start_model(config, splits, device)
+    except DivergedError as error:  # training the warm-start baseline
+        return TrialResult(FAILED, math.nan, None, math.nan, 0, [], f"warm-start baseline: {error}")
+    input_shape = tuple(splits.input_shape)
+    original_flops = count_flops(model, input_shape)
+    steps = len(splits.train)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
+                               config.lr_decay)  # fmt: skip
+    penalty = make_penalty(config, lam, t, steps)
+    key = {**{k: v for k, v in config.to_dict().items() if k not in _NOT_TRAJECTORY}, "lam": lam, "t": t}
+    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    history, message = _resume(path, key, model, optimizer, scheduler)
+
+    def on_epoch_end(epoch: int, stats: dict[str, Any]) -> bool:
+        record = _measure(model, splits, config, input_shape, original_flops)
+        record.update(epoch=stats["epoch"], loss=stats["loss"], penalty=stats["penalty"], lam=lam, t=t,
+                      lam_now=stats["lam"], lr=stats["lr"], seconds=stats["seconds"])  # fmt: skip
+        history.append(record)
+        if path is not None:
+            _save(path, key, model, optimizer, scheduler, history)
+        if report is not None:
+            report(dict(record))
+        return is_stable(history, config)
+
+    if len(history) < config.max_epochs and not is_stable(history, config):
+        try:
+            train(model, splits.train, optimizer, scheduler, epochs=config.max_epochs, start_epoch=len(history),
+                  penalty=penalty, seed=config.seed, amp=config.amp, compile=config.compile,
+                  on_epoch_end=on_epoch_end)  # fmt: skip
+        except DivergedError as error:
+            return TrialResult(FAILED, math.nan, None, math.nan, len(history), history, str(error))
+    last = history[-1]
+    status = STABLE if is_stable(history, config) else MAX_EPOCHS
+    return TrialResult(status, last["flops_reduction"], last["threshold"], last["val_accuracy"], len(history),
+                       history, message, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})  # fmt: skip
+
+
+def is_stable(history: list[dict[str, Any]], config: Config) -> bool:
+    """F moved by at most f_tol over the last `patience` epochs, after at least `min_epochs`."""
+    if len(history) < max(config.min_epochs, config.patience + 1):
+        return False
+    window = [h["flops_reduction"] for h in history[-(config.patience + 1):]]
+    return max(window) - min(window) <= config.f_tol
+
+
+def pruning_threshold(model: nn.Module, config: Config) -> float | None:
+    """The first valley of the histogram of all γ of the model (§3.3); None when there is none."""
+    return first_valley(all_gammas(scaling_factors(model)), config.bin_width, config.gamma_upper)
+
+
+def _measure(model: nn.Module, splits: Any, config: Config, input_shape: tuple[int, ...],
+             original_flops: int) -> dict[str, Any]:  # fmt: skip
+    """Threshold, F of the model `prune` would produce, and accuracy on the val (else test) split."""
+    gammas = all_gammas(scaling_factors(model))
+    threshold = first_valley(gammas, config.bin_width, config.gamma_upper)
+    flops_reduction, below = 0.0, 0.0
+    if threshold is not None:
+        flops_reduction = 1.0 - count_flops(prune(model, threshold, input_shape), input_shape) / original_flops
+        below = (gammas.abs() < threshold).float().mean().item()
+    accuracy, loss = evaluate(model, splits.val if splits.val is not None else splits.test, config.amp)
+    return {"flops_reduction": flops_reduction, "threshold": threshold, "val_accuracy": accuracy,
+            "val_loss": loss, "gammas_below_threshold": below}  # fmt: skip
+
+
+def load_splits(config: Config, device: torch.device) -> Any:
+    """The data of `config` (trainers.data.load with its fields)."""
+    from trainers import data
+
+    if config.data_dir is None:
+        raise ValueError(f"no data folder given for {config.dataset} (set data_dir, --data-dir)")
+    return data.load(config.dataset, config.data_dir, subset=config.subset, val_size=config.val_size,
+                     seed=config.seed, downsample=config.downsample, download=config.download, device=device,
+                     batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+                     num_workers=config.num_workers, cache_dir=config.cache_dir,
+                     channels_last=config.channels_last)  # fmt: skip
+
+
+def start_model(config: Config, splits: Any, device: torch.device) -> nn.Module:
+    """The seeded model every run of `config` starts from: γ = gamma_init (§3.2), or the cached
+    unregularized baseline when warm_start_epochs > 0."""
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model = models.build(config.model, config.num_classes or splits.num_classes)
+    init_scaling_factors_(model, config.gamma_init)
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    model = model.to(device, memory_format=memory_format)
+    if config.warm_start_epochs > 0:
+        model.load_state_dict(_baseline(config, splits, model))
+    return model
+
+
+def _baseline(config: Config, splits: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state of `model` trained warm_start_epochs epochs without regularizer, cached on disk
+    keyed by the settings that shape it (concurrent trials may both train it; the write is atomic)."""
+    fields = ("model", "dataset", "num_classes", "subset", "val_size", "downsample", "seed", "batch_size", "lr",
+              "momentum", "weight_decay", "bn_weight_decay", "lr_schedule", "lr_milestones", "lr_decay",
+              "gamma_init", "gamma_lr", "warm_start_epochs", "amp")  # fmt: skip
+    key = {k: config.to_dict()[k] for k in fields}
+    key["data_dir"] = str(Path(config.data_dir).expanduser().resolve()) if config.data_dir else None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_root(config) / "baselines" / f"{config.model}-{digest}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location=next(model.parameters()).device, weights_only=True)["model"]
+        except Exception:  # noqa: BLE001 - a broken cache file is trained again and rewritten
+            pass
+    optimizer = make_optimizer(model, config)
+    epochs, steps = config.warm_start_epochs, len(splits.train)
+    scheduler = make_scheduler(optimizer, config.lr_schedule, epochs, steps, config.lr_milestones, config.lr_decay)
+    train(model, splits.train, optimizer, scheduler, epochs=epochs, seed=config.seed, amp=config.amp,
+          compile=config.compile)  # fmt: skip
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _atomic_save({"model": state, "key": key}, path)
+    return state
+
+
+def _resume(path: Path | None, key: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+    """Load the checkpoint at `path` into the objects when it was made by the same trial settings;
+    returns (history so far, a note for the result's message)."""
+    if path is None or not path.is_file():
+        return [], ""
+    try:
+        state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - an unreadable checkpoint is started over
+        return [], f"checkpoint {path} unreadable ({type(error).__name__}), started over"
+    if state.get("key") != key:
+        return [], f"checkpoint {path} was made with other settings, started over"
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    random.setstate(_as_random_state(state["rng"]["python"]))
+    return list(state["history"]), f"resumed from epoch {len(state['history'])}"
+
+
+def _save(path: Path, key: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+          history: list[dict[str, Any]]) -> None:  # fmt: skip
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    _atomic_save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "history": history, "rng": rng}, path)  # fmt: skip
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+def _as_random_state(state: Any) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
