@@ -38,7 +38,10 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     param = next(model.parameters(), None)
     x = torch.zeros((1, *shape), device=param.device if param is not None else "cpu")
     was_training = model.training
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # a torch.export module is fixed in the mode it was exported in
+        was_training = None
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
@@ -47,7 +50,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"input shape {shape} does not fit the model: {first_line}") from None
     finally:
-        model.train(was_training)
+        if was_training is not None:
+            model.train(was_training)
     counts = counter.get_flop_counts().get("Global", {})
     flops = sum(n for op, n in counts.items() if op in _MULTIPLY_ADD_OPS)
     return flops // 2

@@ -99,7 +99,7 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
                                config.lr_decay)  # fmt: skip
     train(model, splits.train, optimizer, scheduler, epochs=config.epochs, penalty=make_penalty(config, lam, t, steps),
-          seed=config.seed, amp=config.amp, compile=config.compile, on_epoch_end=log("train"))  # fmt: skip
+          amp=config.amp, compile=config.compile, on_epoch_end=log("train"))  # fmt: skip
     acc_before, _ = evaluate(model, splits.test, config.amp)
 
     threshold = pruning_threshold(model, config)
@@ -109,7 +109,7 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
         optimizer = make_optimizer(pruned, config, lr=config.finetune_lr, gamma_lr=config.finetune_lr)
         scheduler = make_scheduler(optimizer, config.finetune_schedule or config.lr_schedule, config.finetune_epochs,
                                    steps, config.lr_milestones, config.lr_decay)  # fmt: skip
-        train(pruned, splits.train, optimizer, scheduler, epochs=config.finetune_epochs, seed=config.seed,
+        train(pruned, splits.train, optimizer, scheduler, epochs=config.finetune_epochs,
               amp=config.amp, compile=config.compile, on_epoch_end=log("finetune"))  # fmt: skip
     acc_after_finetune, _ = evaluate(pruned, splits.test, config.amp)
 

@@ -131,23 +131,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def seed_epoch(loader: Any, seed: int, epoch: int) -> None:
+def seed_epoch(loader: Any, epoch: int) -> None:
     """Make an epoch's shuffling and augmentation a function of (seed, epoch) alone, so that a
-    resumed run, or a run on loaders another run used before, draws the same batches."""
+    resumed run, or a run on loaders another run used before, draws the same batches. Loaders
+    without `set_epoch` (plain iterables) are left as they are."""
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
-        return
-    # Until loaders have set_epoch: the generators a loader (or the DataLoader inside it) holds.
-    holders = [loader, getattr(loader, "_loader", None)]
-    generators = {id(v): v for h in holders for v in getattr(h, "__dict__", {}).values()
-                  if isinstance(v, torch.Generator)}  # fmt: skip
-    for generator in generators.values():
-        generator.manual_seed(seed * 1_000_003 + epoch)
 
 
 def train(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
           scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, epochs: int, start_epoch: int = 0,
-          penalty: Penalty | None = None, seed: int = 0, amp: bool = False, compile: bool = False,
+          penalty: Penalty | None = None, amp: bool = False, compile: bool = False,
           on_epoch_end: EpochCallback | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Train `model` from epoch `start_epoch` to `epochs` (0-based, exclusive); the per-epoch stats.
 
@@ -164,7 +158,7 @@ def train(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
     history: list[dict[str, Any]] = []
     for epoch in range(start_epoch, epochs):
         model.train()
-        seed_epoch(loader, seed, epoch)
+        seed_epoch(loader, epoch)
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         penalty_sum = torch.zeros((), device=device)

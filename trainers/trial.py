@@ -113,7 +113,7 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
     if len(history) < config.max_epochs and not is_stable(history, config):
         try:
             train(model, splits.train, optimizer, scheduler, epochs=config.max_epochs, start_epoch=len(history),
-                  penalty=penalty, seed=config.seed, amp=config.amp, compile=config.compile,
+                  penalty=penalty, amp=config.amp, compile=config.compile,
                   on_epoch_end=on_epoch_end)  # fmt: skip
         except DivergedError as error:
             return TrialResult(FAILED, math.nan, None, math.nan, len(history), history, str(error))
@@ -195,7 +195,7 @@ def _baseline(config: Config, splits: Any, model: nn.Module) -> dict[str, torch.
     optimizer = make_optimizer(model, config)
     epochs, steps = config.warm_start_epochs, len(splits.train)
     scheduler = make_scheduler(optimizer, config.lr_schedule, epochs, steps, config.lr_milestones, config.lr_decay)
-    train(model, splits.train, optimizer, scheduler, epochs=epochs, seed=config.seed, amp=config.amp,
+    train(model, splits.train, optimizer, scheduler, epochs=epochs, amp=config.amp,
           compile=config.compile)  # fmt: skip
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     _atomic_save({"model": state, "key": key}, path)

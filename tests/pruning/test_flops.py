@@ -55,3 +55,10 @@ def test_flops_reduction_of_a_halved_network():
 def test_shape_that_does_not_fit_raises(shape):
     with pytest.raises(ValueError, match="shape"):
         count_flops(_hand_net(), shape)
+
+
+def test_counts_a_torch_export_module_loaded_without_the_code(tmp_path):
+    exported = torch.export.export(_hand_net().eval(), (torch.zeros(1, 3, 8, 8),))
+    torch.export.save(exported, tmp_path / "net.pt2")
+    loaded = torch.export.load(tmp_path / "net.pt2").module()  # refuses .eval(): fixed in its mode
+    assert count_flops(loaded, (3, 8, 8)) == count_flops(_hand_net(), (3, 8, 8))

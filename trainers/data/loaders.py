@@ -36,6 +36,11 @@ def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch
     return padded.view(b, c, -1).gather(2, index).view(b, c, h, w)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of one epoch: resumed runs draw the same batches as uninterrupted ones."""
+    return seed * 1_000_003 + epoch
+
+
 class TensorLoader:
     """Batches of an in-memory uint8 image tensor, normalized to float32 on its device.
 
@@ -61,7 +66,12 @@ class TensorLoader:
             torch.tensor(s, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) for s in stats
         )
         self._scale, self._shift = 1.0 / (255.0 * std), mean / std
+        self._seed = seed
         self._generator = torch.Generator().manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make this epoch's order and augmentation a function of (seed, epoch) alone."""
+        self._generator.manual_seed(epoch_seed(self._seed, epoch))
 
     @property
     def num_samples(self) -> int:
@@ -119,6 +129,8 @@ class StreamLoader:
     ) -> None:
         self.labels = torch.tensor(list(dataset.labels), dtype=torch.int64)
         self.batch_size, self.device, self.channels_last = batch_size, device, channels_last
+        self._seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
         self._loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -127,8 +139,12 @@ class StreamLoader:
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
-            generator=torch.Generator().manual_seed(seed),
+            generator=self._generator,
         )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make this epoch's order (and the workers' augmentation seeds) a function of (seed, epoch)."""
+        self._generator.manual_seed(epoch_seed(self._seed, epoch))
 
     @property
     def num_samples(self) -> int:
