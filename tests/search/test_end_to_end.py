@@ -39,15 +39,12 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 
 def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default store: sqlite:///mlflow.db in the working folder
-    start = time.perf_counter()
     argv = ["--target-flops", str(TARGET), "--delta", str(DELTA), "--preset", "smoke", "--data-dir", str(cifar10_dir),
             "--max-trials", "3", "--output", "out", "--experiment", "e2e"]  # fmt: skip
     code = main(argv)
-    seconds = time.perf_counter() - start
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     assert not ray.is_initialized()
-    assert seconds < 180
 
     client = MlflowClient("sqlite:///mlflow.db")
     (parent,) = _runs(client, "e2e", f"{KIND} = 'search'")
