@@ -47,6 +47,8 @@ REGIMES: dict[str, dict[str, Any]] = {
         "seeds": [0],
         "t_sweep": {"lams": [5e-4, 1e-3, 2e-3], "ts": [0.8, 1.6]},
         "spread": {"points": [[7e-4, 1.2], [2e-3, 1.2]], "seeds": [1, 2]},
+        # Where the grid says targets 0.3 / 0.5 / 0.7 lie, and the t steps Algorithm 1 would take there.
+        "extra": [[4e-4, 1.2], [5e-4, 1.0], [5e-4, 1.1], [7e-4, 1.1], [1e-3, 1.4]],
     },
 }
 HISTOGRAM_POINTS = 4
@@ -60,6 +62,7 @@ def grid(regime: dict[str, Any]) -> list[tuple[float, float, int]]:
     points += [(lam, t, seed) for seed in regime["seeds"] for t in sweep.get("ts", []) for lam in sweep.get("lams", [])]
     spread = regime.get("spread", {})
     points += [(lam, t, seed) for seed in spread.get("seeds", []) for lam, t in spread.get("points", [])]
+    points += [(lam, t, seed) for seed in regime["seeds"] for lam, t in regime.get("extra", [])]
     return points
 
 

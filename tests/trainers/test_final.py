@@ -14,14 +14,6 @@ from trainers.loop import evaluate
 from trainers.trial import load_splits
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def final(cifar10_dir, tmp_path_factory):
     config = load_config("smoke", {"data_dir": str(cifar10_dir)})

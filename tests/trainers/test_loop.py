@@ -34,15 +34,6 @@ def _tiny_model() -> torch.nn.Module:
     return init_scaling_factors_(models.build("resnet20", num_classes=10))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads per process oversubscribe a shared 2-core machine (many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def smoke(cifar10_dir):
     config = load_config("smoke", {"data_dir": str(cifar10_dir)})

@@ -15,14 +15,6 @@ from trainers.trial import CHECKPOINT, is_stable, load_splits, pruning_threshold
 REPORTED = {"epoch", "flops_reduction", "threshold", "val_accuracy", "loss", "lam", "t"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def smoke(cifar10_dir):
     config = load_config("smoke", {"data_dir": str(cifar10_dir), "epochs": 6, "max_epochs": 6})

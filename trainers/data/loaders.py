@@ -41,7 +41,23 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-class TensorLoader:
+class _SeededLoader:
+    """What both loaders share: a sample count and per-epoch reseeding of their generator."""
+
+    labels: torch.Tensor
+    _seed: int
+    _generator: torch.Generator
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make this epoch's order and augmentation a function of (seed, epoch) alone."""
+        self._generator.manual_seed(epoch_seed(self._seed, epoch))
+
+
+class TensorLoader(_SeededLoader):
     """Batches of an in-memory uint8 image tensor, normalized to float32 on its device.
 
     For training it reshuffles and augments every epoch from a seeded generator (reproducible) and
@@ -66,16 +82,7 @@ class TensorLoader:
             torch.tensor(s, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) for s in stats
         )
         self._scale, self._shift = 1.0 / (255.0 * std), mean / std
-        self._seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make this epoch's order and augmentation a function of (seed, epoch) alone."""
-        self._generator.manual_seed(epoch_seed(self._seed, epoch))
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
+        self._seed, self._generator = seed, torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
@@ -113,7 +120,7 @@ class FileDataset(Dataset):
             return self.transform(image.convert("RGB")), self.labels[i]
 
 
-class StreamLoader:
+class StreamLoader(_SeededLoader):
     """Batches of a large image tree decoded by DataLoader workers, moved to `device`."""
 
     def __init__(
@@ -129,8 +136,7 @@ class StreamLoader:
     ) -> None:
         self.labels = torch.tensor(list(dataset.labels), dtype=torch.int64)
         self.batch_size, self.device, self.channels_last = batch_size, device, channels_last
-        self._seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
+        self._seed, self._generator = seed, torch.Generator().manual_seed(seed)
         self._loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -141,14 +147,6 @@ class StreamLoader:
             persistent_workers=num_workers > 0,
             generator=self._generator,
         )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make this epoch's order (and the workers' augmentation seeds) a function of (seed, epoch)."""
-        self._generator.manual_seed(epoch_seed(self._seed, epoch))
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
 
     def __len__(self) -> int:
         return len(self._loader)
