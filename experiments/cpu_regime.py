@@ -48,7 +48,7 @@ REGIMES: dict[str, dict[str, Any]] = {
         "t_sweep": {"lams": [5e-4, 1e-3, 2e-3], "ts": [0.8, 1.6]},
         "spread": {"points": [[7e-4, 1.2], [2e-3, 1.2]], "seeds": [1, 2]},
         # Where the grid says targets 0.3 / 0.5 / 0.7 lie, and the t steps Algorithm 1 would take there.
-        "extra": [[4e-4, 1.2], [5e-4, 1.0], [5e-4, 1.1], [7e-4, 1.1], [1e-3, 1.4]],
+        "extra": [[4e-4, 1.2], [5e-4, 1.1], [7.5e-4, 1.1]],
     },
 }
 HISTOGRAM_POINTS = 4
