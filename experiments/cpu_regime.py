@@ -158,8 +158,11 @@ def plot(path: Path) -> None:
                               [max(spread) - sum(spread) / len(spread)]], color="k", capsize=3)  # fmt: skip
     for r in reference:
         ax_acc.axhline(r["val_accuracy"], color="grey", ls="--", label="no regularizer" if r["seed"] == 0 else None)
+    ticks = sorted({r["lam"] for r in rows})
     for ax, label in ((ax_f, "FLOPs reduction F"), (ax_acc, "validation accuracy")):
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{lam:.0e}" for lam in ticks], rotation=45, fontsize=8)
+        ax.minorticks_off()
         ax.set_xlabel("λ")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
