@@ -141,6 +141,8 @@ def _config(args: argparse.Namespace) -> Any:
         raise UsageError(f"no data folder for {config.dataset}: pass --data-dir DIR (with --download to fetch it)")
     try:
         data.check(config.dataset, config.data_dir, config.download)
+        if config.download:  # before anything starts: a search must not begin without its data
+            data.fetch(config.dataset, config.data_dir)
     except data.DataError as error:
         raise UsageError(str(error)) from None
     return config

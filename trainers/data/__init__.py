@@ -27,8 +27,9 @@ The package, one job a module:
     splits.py    `load`, the one door, and the `Splits` it returns
 """
 
+from trainers.data.decode import fetch
 from trainers.data.folders import DATASETS, DataError, check
 from trainers.data.loaders import StreamLoader, TensorLoader, augment
 from trainers.data.splits import Splits, load
 
-__all__ = ["DATASETS", "DataError", "Splits", "StreamLoader", "TensorLoader", "augment", "check", "load"]
+__all__ = ["DATASETS", "DataError", "Splits", "StreamLoader", "TensorLoader", "augment", "check", "fetch", "load"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainers.data.folders import TORCHVISION_FOLDER, DataError
+from trainers.data.folders import TORCHVISION_FOLDER, DataError, needs_download
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
 
@@ -52,14 +52,33 @@ def read_cifar_batches(folder: Path, dataset: str, train: bool) -> Images:
 
 
 def download_cifar(dataset: str, root: Path) -> Path:
-    """Fetch torchvision's CIFAR files into `root` (only when the user asked with download=True)."""
+    """Fetch torchvision's CIFAR files into `root` (only when the user asked with download=True).
+
+    A failed download raises DataError (one line) and leaves no folder it created behind.
+    """
+    import shutil
+
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    for train in (True, False):
-        cls(str(root), train=train, download=True)
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad archive a RuntimeError
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        reason = getattr(error, "reason", None) or str(error).splitlines()[0]
+        raise DataError(f"could not download {dataset} into {root}: {reason}") from None
     return root / TORCHVISION_FOLDER[dataset]
+
+
+def fetch(dataset: str, data_dir: str | os.PathLike) -> None:
+    """Download `dataset` into `data_dir` unless the folder already holds it (--download)."""
+    root = Path(data_dir).expanduser()
+    if needs_download(dataset, root):
+        download_cifar(dataset, root)
 
 
 def _decode_chunk(paths: Sequence[str]) -> list[torch.Tensor]:

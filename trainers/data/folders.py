@@ -40,7 +40,7 @@ def check(dataset: str, data_dir: str | os.PathLike, download: bool = False) -> 
     torchvision_name = TORCHVISION_FOLDER.get(dataset)
     if torchvision_root(dataset, root) is not None:
         return
-    if download and torchvision_name and not (root / "train").is_dir():
+    if download and needs_download(dataset, root):
         return  # torchvision's files will be fetched into it
     if not root.is_dir():
         hint = " (pass --download to fetch it)" if torchvision_name else ""
@@ -55,6 +55,11 @@ def check(dataset: str, data_dir: str | os.PathLike, download: bool = False) -> 
     for folder in (root / "train", eval_folder(root)):
         if not _has_image(folder):
             raise DataError(f"{folder} holds no class folders with images")
+
+
+def needs_download(dataset: str, root: Path) -> bool:
+    """True when `root` holds neither torchvision's files of `dataset` nor an ImageFolder tree."""
+    return dataset in TORCHVISION_FOLDER and torchvision_root(dataset, root) is None and not (root / "train").is_dir()
 
 
 def torchvision_root(dataset: str, root: Path) -> Path | None:

@@ -11,12 +11,12 @@ import torch
 from trainers.data.cache import decode_cached, resolve_cache_dir
 from trainers.data.decode import Images, download_cifar, downsample_images, read_cifar_batches
 from trainers.data.folders import (
-    TORCHVISION_FOLDER,
     DataError,
     Files,
     check,
     eval_folder,
     fits_in_memory,
+    needs_download,
     scan,
     torchvision_root,
 )
@@ -80,7 +80,7 @@ def load(
     root, device = Path(data_dir).expanduser(), torch.device(device)
     stats = _STATS[dataset]
     folder = torchvision_root(dataset, root)
-    if folder is None and download and dataset in TORCHVISION_FOLDER and not (root / "train").is_dir():
+    if download and needs_download(dataset, root):
         folder = download_cifar(dataset, root)
     if folder is not None:
         train_set, test_set = (read_cifar_batches(folder, dataset, train) for train in (True, False))
