@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+# Ray attaches a logging handler to the sys.stderr it sees when first imported; imported inside a
+# test that uses capsys, that stream is closed after the test and later warnings print "Logging
+# error" tracebacks. Importing it here binds it to pytest's session-long capture instead.
+import ray  # noqa: F401, E402
+
 _BESIDE_REPO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
 
