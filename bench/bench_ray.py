@@ -1,7 +1,7 @@
 """Ray's cost in a search: start-up to the first trial, and the overhead per trial.
 
 N trivial trials (each "trains" `--work` seconds and reports two epochs) go through the search's own
-Tuner path - `search.tune.ray_session` (the embedded local Ray, dashboard on), `run_tuner` with
+Tuner path - `search.ray_cluster.ray_session` (the embedded local Ray, dashboard on), `run_tuner` with
 `reuse_actors`, `AskTellSearcher` over an ask/tell strategy and the `TrialEvents` callback - and then
 through a plain Python loop calling the same trial function. Printed: seconds, per-trial overhead
 (Tune − loop) / N and the ratio Tune / loop. Budgets (issue 5): start-up ≤ 15 s, overhead ≤ 2 s.
@@ -70,7 +70,8 @@ def main() -> None:
 
     from ray import tune
 
-    from search.tune import AskTellSearcher, TrialEvents, dashboard_hint, ray_session, run_tuner
+    from search.ray_cluster import dashboard_hint, ray_session
+    from search.tune import AskTellSearcher, TrialEvents, run_tuner
 
     first, ends = [], []
     with ray_session() as info, tempfile.TemporaryDirectory() as storage:

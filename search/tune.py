@@ -26,17 +26,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from search.base import WAIT
-
-# `X as X`: re-exported, so that code written before the cluster code moved to search.ray_cluster
-# (e.g. bench/bench_ray.py) still imports these from here; scoped_env is used below.
-from search.ray_cluster import RayAddressError as RayAddressError
-from search.ray_cluster import RayInfo as RayInfo
-from search.ray_cluster import ResourceError as ResourceError
-from search.ray_cluster import check_ray_address as check_ray_address
-from search.ray_cluster import dashboard_hint as dashboard_hint
-from search.ray_cluster import ray_session as ray_session
 from search.ray_cluster import scoped_env
-from search.ray_cluster import trial_resources as trial_resources
 
 RUNNING = "running"
 """The `status` of a trial's per-epoch reports; its last report has run_trial's final status."""
