@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import mlflow
@@ -127,18 +126,16 @@ def test_final_run_logs_numbers_and_a_model_that_loads_without_our_code(store, t
     assert (tmp_path / "db" / "mlruns").is_dir()
 
 
-def test_check_uri(tmp_path):
+def test_check_uri(tmp_path, listener):
     check_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     check_uri("sqlite:///mlflow.db")  # relative: the working directory
     with pytest.raises(TrackingError, match="does not exist"):
         check_uri(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
     with pytest.raises(TrackingError, match="does not exist"):
         check_uri(str(tmp_path / "missing" / "mlruns"))
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        check_uri(f"http://127.0.0.1:{port}")
+    port, close = listener
+    check_uri(f"http://127.0.0.1:{port}")
+    close()
     with pytest.raises(TrackingError, match="cannot reach"):
         check_uri(f"http://127.0.0.1:{port}", timeout=1)
     with pytest.raises(TrackingError, match="invalid port"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 
@@ -189,14 +188,12 @@ def test_trial_resources():
         trial_resources(cpu_box, gpus_per_trial=1)
 
 
-def test_check_ray_address():
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        check_ray_address(f"127.0.0.1:{port}")
-        with pytest.raises(RayAddressError, match="Ray Client"):
-            check_ray_address(f"ray://127.0.0.1:{port}")
+def test_check_ray_address(listener):
+    port, close = listener
+    check_ray_address(f"127.0.0.1:{port}")
+    with pytest.raises(RayAddressError, match="Ray Client"):
+        check_ray_address(f"ray://127.0.0.1:{port}")
+    close()
     with pytest.raises(RayAddressError, match="cannot reach"):
         check_ray_address(f"127.0.0.1:{port}", timeout=1)  # closed now
     for bad in ("localhost", "127.0.0.1:", ":6379", "127.0.0.1:http", "127.0.0.1:70000"):
