@@ -17,17 +17,18 @@ import time
 
 import torch
 
-from pruning.regularizers import clamp_, init_scaling_factors_, scaling_factors
+from pruning.prunable import scaling_factors
+from pruning.regularizers import clamp_, init_scaling_factors_
 from trainers import models
 from trainers.config import Config
 from trainers.loop import Penalty, make_optimizer, make_scheduler, train
 
 
-def epoch_seconds(model: torch.nn.Module, batches: list, penalty: Penalty | None) -> float:
+def epoch_seconds(model: torch.nn.Module, gammas: list[torch.Tensor], batches: list, penalty: Penalty | None) -> float:
     optimizer = make_optimizer(model, Config(lr=0.01))
     scheduler = make_scheduler(optimizer, "cosine", 1, len(batches))
     start = time.perf_counter()
-    train(model, batches, optimizer, scheduler, epochs=1, penalty=penalty)
+    train(model, batches, optimizer, scheduler, epochs=1, penalty=penalty, gammas=gammas)
     return time.perf_counter() - start
 
 
@@ -52,20 +53,21 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = init_scaling_factors_(models.build(args.model, num_classes=10))
+    model = models.build(args.model, num_classes=10)
+    gammas = scaling_factors(model)
+    init_scaling_factors_(gammas)
     size = args.image_size
     batches = [(torch.randn(args.batch_size, 3, size, size), torch.randint(0, 10, (args.batch_size,)))
                for _ in range(args.steps)]  # fmt: skip
     penalty = Penalty("polarization", lam=1e-4, t=1.2, upper=1.0)
 
-    epoch_seconds(model, batches[:2], None)  # warm-up: allocator, kernels
+    epoch_seconds(model, gammas, batches[:2], None)  # warm-up: allocator, kernels
     plain, regularized = [], []
     for _ in range(args.rounds):
-        plain.append(epoch_seconds(model, batches, None))
-        regularized.append(epoch_seconds(model, batches, penalty))
+        plain.append(epoch_seconds(model, gammas, batches, None))
+        regularized.append(epoch_seconds(model, gammas, batches, penalty))
     plain_step = statistics.median(plain) / args.steps
     regularized_step = statistics.median(regularized) / args.steps
-    gammas = scaling_factors(model)
     alone = regularizer_seconds(gammas, penalty)
 
     print(f"{args.model}, batch {args.batch_size}, {size}x{size}, {args.threads} threads, "

@@ -68,7 +68,7 @@ def grid(regime: dict[str, Any]) -> list[tuple[float, float, int]]:
 
 def measure(preset: str, overrides: dict[str, Any], lam: float, t: float, seed: int) -> dict[str, Any]:
     """One trial; returns its row: F, accuracy, epochs, status, time, per-epoch F and the final γ."""
-    from pruning.regularizers import scaling_factors
+    from pruning.prunable import scaling_factors
     from pruning.threshold import all_gammas
     from trainers import models
     from trainers.config import load_config

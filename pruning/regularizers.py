@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import nn
 
 Gammas = torch.Tensor | Sequence[torch.Tensor]
 
@@ -42,31 +41,19 @@ def l1(gammas: Gammas) -> torch.Tensor:
     return _flatten(gammas).abs().sum()
 
 
-def scaling_factors(model: nn.Module) -> list[torch.Tensor]:
-    """The scaling factors γ of a model: the weights of its prunable BatchNorm layers (§3.1)."""
-    from pruning.surgery import prunable_bns
-
-    return [bn.weight for bn in prunable_bns(model)]
-
-
-def init_scaling_factors_(model: nn.Module, value: float = INITIAL_GAMMA) -> nn.Module:
-    """Set every scaling factor to `value` (0.5 under polarization, §3.2); returns the model."""
+def init_scaling_factors_(gammas: Iterable[torch.Tensor], value: float = INITIAL_GAMMA) -> None:
+    """Set every scaling factor to `value` in place (0.5 under polarization, §3.2)."""
     with torch.no_grad():
-        for gamma in scaling_factors(model):
+        for gamma in gammas:
             gamma.fill_(value)
-    return model
 
 
 @torch.no_grad()
-def clamp_(target: nn.Module | Iterable[torch.Tensor], upper: float = 1.0) -> None:
-    """Project every scaling factor onto [0, upper] in place (the constraint γᵢ ∈ [0, a] of Eq. 2).
-
-    `target` is a model (its scaling factors are looked up) or the scaling factors themselves;
-    pass the list in a hot loop to avoid looking them up at every step.
-    """
+def clamp_(gammas: Iterable[torch.Tensor], upper: float = 1.0) -> None:
+    """Project every scaling factor onto [0, upper] in place (the constraint γᵢ ∈ [0, a] of Eq. 2)."""
     if upper <= 0:
         raise ValueError(f"upper bound of the scaling factors must be > 0, got {upper}")
-    gammas = scaling_factors(target) if isinstance(target, nn.Module) else list(target)
+    gammas = list(gammas)
     if gammas:
         torch._foreach_clamp_min_(gammas, 0.0)
         torch._foreach_clamp_max_(gammas, upper)

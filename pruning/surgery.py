@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from pruning.channels import META, Spaces, analyse, out_channels, propagate_shapes, trace
+from pruning.layers import PRUNED_LAYERS, ChannelScatter
+from pruning.prunable import prunable_bns
 
 _BROADCAST_OPS = {operator.add, torch.add, operator.sub, torch.sub, operator.mul, torch.mul}
 
@@ -54,28 +56,6 @@ class _Revive(Exception):
     def __init__(self, origin: frozenset[fx.Node]) -> None:
         super().__init__("constant needs a shape")
         self.origin = origin
-
-
-class ChannelScatter(nn.Module):
-    """Zero-pads a tensor holding channels `index` of a `width`-channel tensor back to full width."""
-
-    def __init__(self, index: torch.Tensor, width: int) -> None:
-        super().__init__()
-        self.width = width
-        self.register_buffer("index", index)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        full = x.new_zeros((x.shape[0], self.width, *x.shape[2:]))
-        return full.index_copy(1, self.index, x)
-
-    def extra_repr(self) -> str:
-        return f"{self.index.numel()} -> {self.width}"
-
-
-def prunable_bns(model: nn.Module) -> list[nn.BatchNorm1d | nn.BatchNorm2d]:
-    """The BN layers whose channels `prune` can remove; their γ are the scaling factors (§3.1)."""
-    spaces = analyse(_trace(model))
-    return [model.get_submodule(n.target) for bn_nodes in spaces.bns.values() for n in bn_nodes]
 
 
 def masked(model: nn.Module, threshold: float) -> nn.Module:
@@ -138,7 +118,7 @@ def _kept(strongest: torch.Tensor, threshold: float, forced: bool) -> torch.Tens
 
 def _trace(model: nn.Module) -> fx.GraphModule:
     """The traced model, with `ChannelScatter` kept whole so that a pruned model can be pruned again."""
-    return trace(model, leaves=(ChannelScatter,))
+    return trace(model, leaves=PRUNED_LAYERS)
 
 
 def _with_tensors(m: nn.Module, **tensors: torch.Tensor | None) -> nn.Module:

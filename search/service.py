@@ -230,11 +230,7 @@ def _write_result(outcome: SearchOutcome) -> None:
         "best": outcome.best, "converged": outcome.converged, "reason": outcome.reason,
         "interrupted": outcome.interrupted, "final_error": outcome.final_error, "seconds": outcome.seconds, "parent_run_id": outcome.parent_run_id,
         "final_run_id": outcome.final_run_id, "trials": outcome.trials,
-        "final": None if final is None else {
-            k: getattr(final, k) for k in ("acc_before_pruning", "acc_after_pruning", "acc_after_finetune",
-                                           "flops_before", "flops_after", "flops_reduction", "params_before",
-                                           "params_after", "threshold")
-        } | {"model_path": str(final.model_path)},
+        "final": None if final is None else final.summary(),
     }
     _write_json(outcome.output / RESULT_FILE, data)
 

@@ -33,10 +33,6 @@ DEFAULT_EXPERIMENT = "polarsearch"
 KIND = "polarsearch.kind"  # search | trial | final
 TRIAL_ID = "polarsearch.trial_id"  # Ray Tune's trial id, to find a trial's run again on --resume
 EPOCH_METRICS = ("flops_reduction", "threshold", "val_accuracy", "loss")
-FINAL_METRICS = (
-    "acc_before_pruning", "acc_after_pruning", "acc_after_finetune", "flops_before", "flops_after",
-    "flops_reduction", "params_before", "params_after", "latency_ms_before", "latency_ms_after", "threshold",
-)
 _DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _PARAM_MAX = 6000
 
@@ -171,7 +167,7 @@ class SearchTracker:
         self.client.log_batch(
             run_id,
             params=[Param("lam", _param(lam)), Param("t", _param(t))],
-            metrics=[Metric(k, v, _now(), 0) for k, v in final_metrics(final).items()],
+            metrics=[Metric(k, v, _now(), 0) for k, v in final.metrics().items()],
             tags=[RunTag("model_path", str(final.model_path))],
         )
         example = final.example_input.detach().cpu().numpy()
@@ -207,18 +203,6 @@ class SearchTracker:
     def _children(self, kind: str) -> list:
         query = f"tags.mlflow.parentRunId = '{self._parent()}' and tags.`{KIND}` = '{kind}'"
         return list(self.client.search_runs([self.experiment_id], filter_string=query, max_results=10000))
-
-
-def final_metrics(final: Any) -> dict[str, float]:
-    """The numbers of a FinalResult as flat metrics; latencies per batch size: latency_ms_after_b1, ..."""
-    metrics: dict[str, float] = {}
-    for key in FINAL_METRICS:
-        value = getattr(final, key)
-        if isinstance(value, dict):
-            metrics.update({f"{key}_b{batch}": _float(ms) for batch, ms in value.items()})
-        else:
-            metrics[key] = _float(value)
-    return metrics
 
 
 def runs_table(uri: str, experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None) -> pd.DataFrame:

@@ -32,7 +32,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,23 @@ class FinalResult:
     example_input: torch.Tensor = field(repr=False)
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
+    def summary(self) -> dict[str, Any]:
+        """The job's numbers as JSON-able values (final.json, result.json): every field but the
+        model, the example input and the history; `model_path` as a string."""
+        skip = {"pruned_model", "example_input", "history"}
+        numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        return {**numbers, "model_path": str(self.model_path)}
+
+    def metrics(self) -> dict[str, float]:
+        """The numbers as flat metrics (MLflow); latencies per batch size: latency_ms_after_b1, ..."""
+        flat: dict[str, float] = {}
+        for key, value in self.summary().items():
+            if isinstance(value, dict):
+                flat.update({f"{key}_b{batch}": float(ms) for batch, ms in value.items()})
+            elif key != "model_path":
+                flat[key] = math.nan if value is None else float(value)
+        return flat
+
 
 def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLike, report: Report | None = None,
               splits: Any = None) -> FinalResult:  # fmt: skip
@@ -94,15 +111,15 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
             return False
         return on_epoch_end
 
-    model = start_model(config, splits, device)
-    optimizer = make_optimizer(model, config)
+    model, gammas = start_model(config, splits, device)
+    optimizer = make_optimizer(model, config, gammas=gammas)
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
                                config.lr_decay)  # fmt: skip
     train(model, splits.train, optimizer, scheduler, epochs=config.epochs, penalty=make_penalty(config, lam, t, steps),
-          amp=config.amp, compile=config.compile, on_epoch_end=log("train"))  # fmt: skip
+          gammas=gammas, amp=config.amp, compile=config.compile, on_epoch_end=log("train"))  # fmt: skip
     acc_before, _ = evaluate(model, splits.test, config.amp)
 
-    threshold = pruning_threshold(model, config)
+    threshold = pruning_threshold(gammas, config)
     pruned = prune(model, threshold, input_shape) if threshold is not None else copy.deepcopy(model)
     acc_after_pruning, _ = evaluate(pruned, splits.test, config.amp)
     if config.finetune_epochs > 0:
@@ -175,13 +192,8 @@ def _params(model: nn.Module) -> int:
 
 def _write_summary(result: FinalResult, config: Config, lam: float, t: float, device: torch.device,
                    path: Path) -> None:  # fmt: skip
-    summary = {
-        "lam": lam, "t": t, "threshold": result.threshold, "device": str(device),
-        **{k: getattr(result, k) for k in ("acc_before_pruning", "acc_after_pruning", "acc_after_finetune",
-                                           "flops_before", "flops_after", "flops_reduction", "params_before",
-                                           "params_after", "latency_ms_before", "latency_ms_after")},
-        "model_path": str(result.model_path), "config": config.to_dict(), "history": result.history,
-    }  # fmt: skip
+    summary = {"lam": lam, "t": t, "device": str(device), **result.summary(), "config": config.to_dict(),
+               "history": result.history}  # fmt: skip
     partial = path.with_name(f".{path.name}.tmp")
     partial.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(partial, path)

@@ -4,7 +4,7 @@
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs, len(loader), ...)
     penalty = make_penalty(config, lam, t, len(loader))          # None: plain training
     history = train(model, loader, optimizer, scheduler, epochs=config.epochs, penalty=penalty,
-                    on_epoch_end=lambda epoch, stats: stop_now)
+                    gammas=scaling_factors(model), on_epoch_end=lambda epoch, stats: stop_now)
 
 The trial (`trainers.trial`) and the final job (`trainers.final`) are two uses of `train`.
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.regularizers import clamp_, l1, polarization, scaling_factors
+from pruning.regularizers import clamp_, l1, polarization
 from trainers.config import Config
 
 # Every this many steps the loss is checked for NaN/inf (a host sync on a GPU); also at epoch end.
@@ -86,17 +86,18 @@ def make_penalty(config: Config, lam: float, t: float, steps_per_epoch: int) -> 
     return Penalty(config.regularizer, lam, t, upper, config.lam_warmup_epochs * steps_per_epoch)
 
 
-def make_optimizer(model: nn.Module, config: Config, lr: float | None = None,
-                   gamma_lr: float | None = None) -> torch.optim.SGD:  # fmt: skip
+def make_optimizer(model: nn.Module, config: Config, lr: float | None = None, gamma_lr: float | None = None,
+                   gammas: Sequence[torch.Tensor] = ()) -> torch.optim.SGD:  # fmt: skip
     """SGD with momentum over weights and BN parameters (weight decay on BN per `bn_weight_decay`),
-    the scaling factors γ in a group of their own when they have their own learning rate.
+    the scaling factors `gammas` in a group of their own when they have their own learning rate.
 
     `lr` defaults to config.lr, `gamma_lr` to config.gamma_lr or else `lr`.
     """
     lr = config.lr if lr is None else lr
     gamma_lr = (config.gamma_lr or lr) if gamma_lr is None else gamma_lr
-    # γ has a group of its own only when its learning rate differs (finding γ traces the model).
-    gamma_ids = {id(g) for g in scaling_factors(model)} if gamma_lr != lr else set()
+    if gamma_lr != lr and not gammas:
+        raise ValueError("a learning rate of their own for γ needs the scaling factors (gammas=...)")
+    gamma_ids = {id(g) for g in gammas} if gamma_lr != lr else set()
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
                 for p in m.parameters(recurse=False)}  # fmt: skip
     groups: dict[str, list[nn.Parameter]] = {"weights": [], "gammas": [], "norms": []}
@@ -141,11 +142,12 @@ def seed_epoch(loader: Any, epoch: int) -> None:
 
 def train(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
           scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, epochs: int, start_epoch: int = 0,
-          penalty: Penalty | None = None, amp: bool = False, compile: bool = False,
-          on_epoch_end: EpochCallback | None = None) -> list[dict[str, Any]]:  # fmt: skip
+          penalty: Penalty | None = None, gammas: Sequence[torch.Tensor] = (), amp: bool = False,
+          compile: bool = False, on_epoch_end: EpochCallback | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Train `model` from epoch `start_epoch` to `epochs` (0-based, exclusive); the per-epoch stats.
 
-    Each step: cross-entropy (+ penalty(γ)), backward, SGD step, scheduler step, clamp of γ.
+    Each step: cross-entropy (+ penalty(γ)), backward, SGD step, scheduler step, clamp of γ; `gammas`
+    are the scaling factors the penalty acts on (`pruning.prunable.scaling_factors`, found once).
     `on_epoch_end(epoch, stats)` runs after every epoch (`stats["epoch"]` = epochs done, 1-based);
     returning True stops training. `amp` (bf16 autocast) and `compile` apply on a GPU only.
     Raises DivergedError when the loss becomes NaN or infinite.
@@ -153,7 +155,8 @@ def train(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
     device = next(model.parameters()).device
     on_gpu = device.type == "cuda"
     forward = torch.compile(model) if compile and on_gpu else model
-    gammas = scaling_factors(model) if penalty is not None else []
+    if penalty is not None and not gammas:
+        raise ValueError("a penalty needs the scaling factors it acts on (gammas=...)")
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
     history: list[dict[str, Any]] = []
     for epoch in range(start_epoch, epochs):

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from pruning.flops import count_flops
-from pruning.regularizers import init_scaling_factors_, scaling_factors
+from pruning.prunable import scaling_factors
+from pruning.regularizers import init_scaling_factors_
 from pruning.surgery import prune
 from pruning.threshold import all_gammas, first_valley
 from trainers import models
@@ -85,13 +86,13 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
     device = resolve_device(config.device)
     splits = splits if splits is not None else load_splits(config, device)
     try:
-        model = start_model(config, splits, device)
+        model, gammas = start_model(config, splits, device)
     except DivergedError as error:  # training the warm-start baseline
         return TrialResult(FAILED, math.nan, None, math.nan, 0, [], f"warm-start baseline: {error}")
     input_shape = tuple(splits.input_shape)
     original_flops = count_flops(model, input_shape)
     steps = len(splits.train)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, gammas=gammas)
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
                                config.lr_decay)  # fmt: skip
     penalty = make_penalty(config, lam, t, steps)
@@ -100,7 +101,7 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
     history, message = _resume(path, key, model, optimizer, scheduler)
 
     def on_epoch_end(epoch: int, stats: dict[str, Any]) -> bool:
-        record = _measure(model, splits, config, input_shape, original_flops)
+        record = _measure(model, gammas, splits, config, input_shape, original_flops)
         record.update(epoch=stats["epoch"], loss=stats["loss"], penalty=stats["penalty"], lam=lam, t=t,
                       lam_now=stats["lam"], lr=stats["lr"], seconds=stats["seconds"])  # fmt: skip
         history.append(record)
@@ -113,7 +114,7 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
     if len(history) < config.max_epochs and not is_stable(history, config):
         try:
             train(model, splits.train, optimizer, scheduler, epochs=config.max_epochs, start_epoch=len(history),
-                  penalty=penalty, amp=config.amp, compile=config.compile,
+                  penalty=penalty, gammas=gammas, amp=config.amp, compile=config.compile,
                   on_epoch_end=on_epoch_end)  # fmt: skip
         except DivergedError as error:
             return TrialResult(FAILED, math.nan, None, math.nan, len(history), history, str(error))
@@ -131,15 +132,15 @@ def is_stable(history: list[dict[str, Any]], config: Config) -> bool:
     return max(window) - min(window) <= config.f_tol
 
 
-def pruning_threshold(model: nn.Module, config: Config) -> float | None:
+def pruning_threshold(gammas: list[torch.Tensor], config: Config) -> float | None:
     """The first valley of the histogram of all γ of the model (§3.3); None when there is none."""
-    return first_valley(all_gammas(scaling_factors(model)), config.bin_width, config.gamma_upper)
+    return first_valley(all_gammas(gammas), config.bin_width, config.gamma_upper)
 
 
-def _measure(model: nn.Module, splits: Any, config: Config, input_shape: tuple[int, ...],
-             original_flops: int) -> dict[str, Any]:  # fmt: skip
+def _measure(model: nn.Module, scaling: list[torch.Tensor], splits: Any, config: Config,
+             input_shape: tuple[int, ...], original_flops: int) -> dict[str, Any]:  # fmt: skip
     """Threshold, F of the model `prune` would produce, and accuracy on the val (else test) split."""
-    gammas = all_gammas(scaling_factors(model))
+    gammas = all_gammas(scaling)
     threshold = first_valley(gammas, config.bin_width, config.gamma_upper)
     flops_reduction, below = 0.0, 0.0
     if threshold is not None:
@@ -163,21 +164,21 @@ def load_splits(config: Config, device: torch.device) -> Any:
                      channels_last=config.channels_last)  # fmt: skip
 
 
-def start_model(config: Config, splits: Any, device: torch.device) -> nn.Module:
-    """The seeded model every run of `config` starts from: γ = gamma_init (§3.2), or the cached
-    unregularized baseline when warm_start_epochs > 0."""
+def start_model(config: Config, splits: Any, device: torch.device) -> tuple[nn.Module, list[torch.Tensor]]:
+    """The seeded model every run of `config` starts from, and its scaling factors: γ = gamma_init
+    (§3.2), or the cached unregularized baseline when warm_start_epochs > 0."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model = models.build(config.model, config.num_classes or splits.num_classes)
-    init_scaling_factors_(model, config.gamma_init)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-    model = model.to(device, memory_format=memory_format)
+    model = models.build(config.model, config.num_classes or splits.num_classes).to(device, memory_format=memory_format)
+    gammas = scaling_factors(model)
+    init_scaling_factors_(gammas, config.gamma_init)
     if config.warm_start_epochs > 0:
-        model.load_state_dict(_baseline(config, splits, model))
-    return model
+        model.load_state_dict(_baseline(config, splits, model, gammas))
+    return model, gammas
 
 
-def _baseline(config: Config, splits: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+def _baseline(config: Config, splits: Any, model: nn.Module, gammas: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state of `model` trained warm_start_epochs epochs without regularizer, cached on disk
     keyed by the settings that shape it (concurrent trials may both train it; the write is atomic)."""
     fields = ("model", "dataset", "num_classes", "subset", "val_size", "downsample", "seed", "batch_size", "lr",
@@ -192,7 +193,7 @@ def _baseline(config: Config, splits: Any, model: nn.Module) -> dict[str, torch.
             return torch.load(path, map_location=next(model.parameters()).device, weights_only=True)["model"]
         except Exception:  # noqa: BLE001 - a broken cache file is trained again and rewritten
             pass
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, gammas=gammas)
     epochs, steps = config.warm_start_epochs, len(splits.train)
     scheduler = make_scheduler(optimizer, config.lr_schedule, epochs, steps, config.lr_milestones, config.lr_decay)
     train(model, splits.train, optimizer, scheduler, epochs=epochs, amp=config.amp,

@@ -13,7 +13,8 @@ import torchvision
 from torch import nn
 
 from pruning.flops import count_flops
-from pruning.surgery import masked, prunable_bns, prune
+from pruning.prunable import prunable_bns
+from pruning.surgery import masked, prune
 
 THRESHOLD = 0.1
 BatchNorms = (nn.BatchNorm1d, nn.BatchNorm2d)

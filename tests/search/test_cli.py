@@ -139,6 +139,7 @@ def test_help_lists_the_flags_and_subcommands(capsys):
 def test_trial_json_on_real_data(cifar10_dir, tmp_path, monkeypatch, capsys):
     from trainers import models
     from trainers.config import load_config
+    from pruning.prunable import scaling_factors
     from trainers.trial import pruning_threshold
 
     monkeypatch.chdir(tmp_path)
@@ -158,7 +159,7 @@ def test_trial_json_on_real_data(cifar10_dir, tmp_path, monkeypatch, capsys):
     model = models.build(config.model, 10)
     model.load_state_dict(state)  # strict: the whole trained network
     # The saved network is the one of the last epoch: its γ give the last reported threshold.
-    assert pruning_threshold(model, config) == pytest.approx(rows[-1]["threshold"])
+    assert pruning_threshold(scaling_factors(model), config) == pytest.approx(rows[-1]["threshold"])
 
 
 def test_ctrl_c_during_a_trial_exits_130_with_one_line(cifar10_dir, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pruning.regularizers import clamp_, init_scaling_factors_, polarization, scaling_factors
+from pruning.prunable import scaling_factors
+from pruning.regularizers import clamp_, init_scaling_factors_, polarization
 from trainers import models
 from trainers.config import Config, load_config
 from trainers.loop import (
@@ -31,7 +32,9 @@ def _random_batches(n: int, batch: int = 8, size: int = 8, seed: int = 0) -> lis
 
 def _tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return init_scaling_factors_(models.build("resnet20", num_classes=10))
+    model = models.build("resnet20", num_classes=10)
+    init_scaling_factors_(scaling_factors(model))
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,8 @@ def test_one_step_equals_a_hand_written_sgd_step_with_the_regularizer_and_clamp(
     batches = _random_batches(2)
     model, reference = _tiny_model(), _tiny_model()
     penalty = make_penalty(config, lam=0.05, t=1.2, steps_per_epoch=len(batches))
-    optimizer = make_optimizer(model, config)
-    train(model, batches, optimizer, None, epochs=1, penalty=penalty)
+    optimizer = make_optimizer(model, config, gammas=scaling_factors(model))
+    train(model, batches, optimizer, None, epochs=1, penalty=penalty, gammas=scaling_factors(model))
 
     gammas = scaling_factors(reference)
     gamma_ids = {id(g) for g in gammas}
@@ -68,7 +71,8 @@ def test_one_step_equals_a_hand_written_sgd_step_with_the_regularizer_and_clamp(
 
 def test_weight_decay_of_bn_parameters_is_a_setting():
     model = _tiny_model()
-    groups = make_optimizer(model, Config(bn_weight_decay=False, weight_decay=1e-3, gamma_lr=0.05)).param_groups
+    config = Config(bn_weight_decay=False, weight_decay=1e-3, gamma_lr=0.05)
+    groups = make_optimizer(model, config, gammas=scaling_factors(model)).param_groups
     gamma_ids = {id(g) for g in scaling_factors(model)}
     for group in groups:
         is_norm = all(p.dim() == 1 for p in group["params"])
@@ -149,7 +153,7 @@ def test_seeded_epochs_draw_the_same_batches_whatever_came_before(smoke):
 
 def test_the_loss_falls_on_real_data(smoke):
     config, splits = smoke
-    model = start_model(config, splits, torch.device("cpu"))
+    model, _ = start_model(config, splits, torch.device("cpu"))
     before, _ = evaluate(model, splits.val)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, "cosine", 4, len(splits.train))
@@ -178,10 +182,10 @@ def test_a_large_lambda_polarizes_the_scaling_factors_and_no_regularizer_does_no
         ("polarized", make_penalty(config, config.lam_high, config.t_init, steps)),
         ("plain", None),
     ):
-        model = start_model(config, splits, torch.device("cpu"))
-        optimizer = make_optimizer(model, config)
+        model, gammas = start_model(config, splits, torch.device("cpu"))
+        optimizer = make_optimizer(model, config, gammas=gammas)
         train(model, splits.train, optimizer, make_scheduler(optimizer, "cosine", 4, steps), epochs=4,
-              penalty=penalty)  # fmt: skip
+              penalty=penalty, gammas=gammas)  # fmt: skip
         results[name] = _polarization(model)
     at_zero, between, upper = results["polarized"]
     assert at_zero > 0.25 and between < 0.05 and upper > 0.15, results  # two poles, a gap between

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pruning.flops import count_flops
+from pruning.prunable import scaling_factors
 from pruning.surgery import prune
 from trainers import models
 from trainers.config import load_config
@@ -47,7 +48,7 @@ def test_the_trial_reports_every_epoch_and_stops_when_f_is_stable(smoke):
     # F recounted independently from the returned weights: threshold, surgery, FLOPs
     model = models.build(config.model, splits.num_classes)
     model.load_state_dict(result.model_state)
-    threshold = pruning_threshold(model, config)
+    threshold = pruning_threshold(scaling_factors(model), config)
     assert threshold == result.threshold
     shape = splits.input_shape
     recount = 1 - count_flops(prune(model, threshold, shape), shape) / count_flops(model, shape)
