@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 from pruning.flops import count_flops
+from pruning.layers import ChannelAdd, ChannelScatter
 from pruning.prunable import prunable_bns
 from pruning.surgery import masked, prune
 
@@ -327,16 +328,66 @@ def test_a_block_whose_inner_channels_all_go_keeps_only_its_constant(name, inner
     assert count_flops(model, (3, 32, 32)) - count_flops(pruned, (3, 32, 32)) == flops
 
 
-def test_pruned_last_channels_of_a_residual_block_are_scattered_back():
+def test_pruned_last_channels_of_a_residual_block_are_added_into_the_stream():
     model = uniform_gammas_(torchvision.models.resnet18(weights=None), (3, 32, 32))
     with torch.no_grad():
         model.layer1[0].bn2.weight[:16] = 0.0
     pruned = assert_equivalent(model, 0.2, (3, 32, 32))
     assert pruned.get_submodule("layer1.0.conv2").out_channels == 48
-    scatter = pruned.get_submodule("layer1.0.bn2_scatter")
-    assert scatter.width == 64 and scatter.index.tolist() == list(range(16, 64))
+    add = pruned.get_submodule("add_index_add")  # the stream holds all 64: it takes the 48 in place
+    assert isinstance(add, ChannelAdd) and add.in_place and add.index.tolist() == list(range(16, 64))
+    assert not any(isinstance(m, ChannelScatter) for m in pruned.modules())
     # 32×32 input: layer1 at 8×8; only conv2 loses 16 of its 64 outputs
     assert count_flops(model, (3, 32, 32)) - count_flops(pruned, (3, 32, 32)) == 16 * 64 * 9 * 64
+
+
+def test_a_channel_every_producer_of_a_stream_removes_leaves_the_stream():
+    # ResNet-20: stage 1's stream is made by the stem and three blocks' bn2; stage 2's by its
+    # blocks' bn2 and stage 1's stream, subsampled and zero-padded from 16 to 32 channels (option A).
+    from trainers.models import build
+
+    model = uniform_gammas_(build("resnet20", num_classes=10), (3, 32, 32))
+    with torch.no_grad():
+        for bn in [model.bn1, *(block.bn2 for block in model.layer1)]:
+            bn.weight[:4] = 0.0
+        for bn in (block.bn2 for block in model.layer2):
+            bn.weight[:4] = 0.0
+    pruned = assert_equivalent(model, 0.2, (3, 32, 32))
+    assert [pruned.get_submodule(f"layer1.{i}.conv1").in_channels for i in range(3)] == [12, 12, 12]
+    assert pruned.get_submodule("layer2.0.conv1").in_channels == 12
+    # stage 2 holds channels 4..15 of the padded stage-1 stream and 4..31 of its own blocks
+    assert [pruned.get_submodule(f"layer2.{i}.conv1").in_channels for i in (1, 2)] == [28, 28]
+    assert pruned.get_submodule("layer3.0.conv1").in_channels == 28
+    assert not any(isinstance(m, ChannelScatter) for m in pruned.modules())
+
+
+class ReadAgain(nn.Module):
+    """A residual addition whose full operand is read again after it: it must not be added into."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.bn_a = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv_b, self.bn_b = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv_c = nn.Conv2d(6, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn_a(self.conv_a(x)))
+        z = y + self.bn_b(self.conv_b(x))
+        return self.conv_c(z) * y
+
+
+def test_an_operand_read_after_the_addition_is_not_added_into():
+    net = uniform_gammas_(ReadAgain(), (3, 8, 8))
+    with torch.no_grad():
+        net.bn_b.weight[[0, 3]] = 0.0
+    pruned = assert_equivalent(net, 0.2, (3, 8, 8))
+    adds = [m for m in pruned.modules() if isinstance(m, ChannelAdd)]
+    assert len(adds) == 1 and not adds[0].in_place and adds[0].index.tolist() == [1, 2, 4, 5]
+    x = torch.randn(2, 3, 8, 8)
+    before = x.clone()
+    with torch.inference_mode():
+        pruned(x)
+    assert torch.equal(x, before)
 
 
 def test_mobilenet_channel_goes_only_when_both_of_its_bns_agree():
