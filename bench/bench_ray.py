@@ -25,17 +25,17 @@ class FixedProposals:
         self.n, self.told, self.outstanding = n, [], None
 
     def ask(self):
-        from search.base import WAIT
+        from search.strategies import WAIT, Proposal
 
         if self.outstanding is not None:
             return WAIT
         if len(self.told) == self.n:
             return None
-        self.outstanding = (1e-4 * (1 + len(self.told)), 1.2)
+        self.outstanding = Proposal(len(self.told), 1e-4 * (1 + len(self.told)), 1.2)
         return self.outstanding
 
-    def tell(self, flops_reduction, proposal=None) -> None:
-        self.told.append((self.outstanding, flops_reduction))
+    def tell(self, proposal, flops_reduction) -> None:
+        self.told.append((self.outstanding.point, flops_reduction))
         self.outstanding = None
 
     def state_dict(self) -> dict:
@@ -89,8 +89,8 @@ def main() -> None:
     strategy = FixedProposals(args.trials)
     while (p := strategy.ask()) is not None:
         reports = []
-        trivial_trial({"lam": p[0], "t": p[1]}, args.work, reports.append)
-        strategy.tell(reports[-1]["flops_reduction"])
+        trivial_trial({"lam": p.lam, "t": p.t}, args.work, reports.append)
+        strategy.tell(p, reports[-1]["flops_reduction"])
     loop = time.perf_counter() - loop_start
 
     startup = first[0] - START

@@ -17,7 +17,10 @@ import importlib.util
 import statistics
 from pathlib import Path
 
-from search.strategies import STRATEGIES, make
+from search import strategies
+from search.settings import SearchSettings
+
+STRATEGIES = strategies.names()
 
 TARGETS = (0.3, 0.5, 0.7)
 
@@ -49,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
             for target in TARGETS:
                 trials, rounds, hits = [], [], 0
                 for seed in range(args.seeds):
-                    strategy = make(name, target, args.delta, max_trials=args.max_trials,
-                                    parallel=args.k if name == "kary" else 1, seed=seed)
+                    settings = SearchSettings(target=target, delta=args.delta, strategy=name, seed=seed,
+                                              max_trials=args.max_trials, parallel=args.k if name == "kary" else 1)
+                    strategy = strategies.build(settings)
                     n, r = tests.run(strategy, factory(seed=seed))
                     trials.append(n)
                     rounds.append(r)

@@ -32,7 +32,6 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "polarsearch"
 KIND = "polarsearch.kind"  # search | trial | final
 TRIAL_ID = "polarsearch.trial_id"  # Ray Tune's trial id, to find a trial's run again on --resume
-EPOCH_METRICS = ("flops_reduction", "threshold", "val_accuracy", "loss")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _PARAM_MAX = 6000
 
@@ -122,13 +121,13 @@ class SearchTracker:
                 last = max(history, key=lambda m: (m.step, m.timestamp))
                 self._last_epoch[trial_id] = (last.step, last.value)
 
-    def end_search(self, status: str, reason: str, best: tuple[float, float, float] | None) -> None:
+    def end_search(self, status: str, reason: str, best: Any | None) -> None:
         """Tag the parent run with the outcome (status, stop reason, best trial) and close it."""
         tags = [RunTag("status", status), RunTag("stop_reason", reason or "")]
         metrics = []
         if best is not None:
-            names = ("best_lam", "best_t", "best_flops_reduction")
-            metrics = [Metric(n, float(v), _now(), 0) for n, v in zip(names, best, strict=True)]
+            values = {"best_lam": best.lam, "best_t": best.t, "best_flops_reduction": best.flops_reduction}
+            metrics = [Metric(n, float(v), _now(), 0) for n, v in values.items()]
         self.client.log_batch(self._parent(), metrics=metrics, tags=tags)
         mlflow_status = {"interrupted": "KILLED", "failed": "FAILED"}.get(status, "FINISHED")
         self.client.set_terminated(self._parent(), status=mlflow_status)
@@ -136,9 +135,11 @@ class SearchTracker:
     # -- the trials (from the results Ray Tune reports) ----------------------------------------
     def log_epoch(self, trial_id: str, result: dict[str, Any]) -> None:
         """One epoch of a trial: its metrics at step = epoch."""
+        from trainers.trial import REPORTED
+
         run_id = self._trial_run(trial_id, result)
         step = int(result["epoch"])
-        metrics = [Metric(k, float(result[k]), _now(), step) for k in EPOCH_METRICS if result.get(k) is not None]
+        metrics = [Metric(k, float(result[k]), _now(), step) for k in REPORTED if k != "epoch" and result.get(k) is not None]
         self.client.log_batch(run_id, metrics=metrics)
         self._last_epoch[trial_id] = (step, _float(result.get("flops_reduction")))
 
@@ -206,38 +207,33 @@ class SearchTracker:
 
 
 def runs_table(uri: str, experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None) -> pd.DataFrame:
-    """The trials of a search (the newest search of `experiment` by default), one row per trial run:
-    lam, t, flops_reduction, val_accuracy, epochs, status, run_id, in the order they started."""
+    """The trials of a search as a pandas table (the newest search of `experiment` by default), one row
+    per trial run: lam, t, flops_reduction, val_accuracy, epochs, status, run_id, in the order they started."""
     columns = ["lam", "t", "flops_reduction", "val_accuracy", "epochs", "status", "run_id"]
-    with _fluent_uri(uri):
-        if parent_run_id is None:
-            parents = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.`{KIND}` = 'search'",
-                                         order_by=["attributes.start_time DESC"], max_results=1)
-            if parents.empty:
-                return pd.DataFrame(columns=columns)
-            parent_run_id = parents["run_id"].iloc[0]
-        runs = mlflow.search_runs(
-            experiment_names=[experiment],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{KIND}` = 'trial'",
-            order_by=["attributes.start_time ASC"],
-        )
-    if runs.empty:
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
         return pd.DataFrame(columns=columns)
-    table = pd.DataFrame({
-        "lam": runs["params.lam"].astype(float),
-        "t": runs["params.t"].astype(float),
-        "flops_reduction": runs.get("metrics.flops_reduction"),
-        "val_accuracy": runs.get("metrics.val_accuracy"),
-        "epochs": runs.get("metrics.epochs"),
-        "status": runs.get("tags.status"),
-        "run_id": runs["run_id"],
-    })
-    return table.reset_index(drop=True)
+    ids = [found.experiment_id]
+    if parent_run_id is None:
+        parents = client.search_runs(ids, f"tags.`{KIND}` = 'search'", order_by=["attributes.start_time DESC"],
+                                     max_results=1)  # fmt: skip
+        if not parents:
+            return pd.DataFrame(columns=columns)
+        parent_run_id = parents[0].info.run_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{KIND}` = 'trial'"
+    runs = client.search_runs(ids, query, order_by=["attributes.start_time ASC"], max_results=10000)
+    rows = [{"lam": float(r.data.params["lam"]), "t": float(r.data.params["t"]),
+             "flops_reduction": r.data.metrics.get("flops_reduction"), "val_accuracy": r.data.metrics.get("val_accuracy"),
+             "epochs": r.data.metrics.get("epochs"), "status": r.data.tags.get("status"), "run_id": r.info.run_id}
+            for r in runs]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
 
 
 @contextmanager
 def _fluent_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (log_model, search_runs) on `uri` for a moment, then as it was."""
+    """MLflow's fluent API on `uri` for a moment, then as it was: `mlflow.pytorch.log_model` logs
+    into the active run only, which the fluent API alone can start on a given store."""
     before = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     try:

@@ -25,21 +25,20 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from search.base import WAIT
 from search.ray_cluster import scoped_env
+from search.strategies import WAIT
 
 RUNNING = "running"
 """The `status` of a trial's per-epoch reports; its last report has run_trial's final status."""
 
-EPOCH_KEYS = ("epoch", "flops_reduction", "val_accuracy", "threshold", "loss")
-
 
 class AskTellSearcher(Searcher):
-    """Ray Tune `Searcher` over an ask/tell strategy (`search.base.Strategy` protocol).
+    """Ray Tune `Searcher` over an ask/tell strategy (`search.strategies.base.Strategy` protocol).
 
-    `suggest` returns {"lam", "t"}, None while the strategy waits for outstanding results (Tune asks
-    again later) and `Searcher.FINISHED` once it has finished; `on_trial_complete` tells the strategy
-    the trial's final `flops_reduction` (an errored trial or a missing/NaN F is a failed trial).
+    `suggest` returns {"lam", "t", "proposal"} (the proposal's id), None while the strategy waits for
+    outstanding results (Tune asks again later) and `Searcher.FINISHED` once it has finished;
+    `on_trial_complete` tells the strategy the trial's final `flops_reduction` (an errored trial or a
+    missing/NaN F is a failed trial). `proposals` maps every Tune trial id to its proposal's id.
     """
 
     CKPT_FILE_TMPL = "searcher-state-{}.json"
@@ -47,7 +46,8 @@ class AskTellSearcher(Searcher):
     def __init__(self, strategy: Any, metric: str = "flops_reduction") -> None:
         super().__init__(metric=metric, mode="min")
         self.strategy = strategy
-        self._proposals: dict[str, tuple[float, float]] = {}  # trial_id -> its (lam, t), until told
+        self.proposals: dict[str, int] = {}  # Tune trial id -> proposal id
+        self._told: set[str] = set()
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the strategy owns the search space; Tune's metric/mode are not used
@@ -58,22 +58,21 @@ class AskTellSearcher(Searcher):
             return Searcher.FINISHED
         if proposal is WAIT:
             return None
-        lam, t = float(proposal[0]), float(proposal[1])
-        self._proposals[trial_id] = (lam, t)
-        return {"lam": lam, "t": t}
+        self.proposals[trial_id] = proposal.id
+        return {"lam": proposal.lam, "t": proposal.t, "proposal": proposal.id}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        proposal = self._proposals.pop(trial_id, None)
-        if proposal is None:
-            return  # not ours (or told already)
+        if trial_id not in self.proposals or trial_id in self._told:
+            return  # not ours, or told already
+        self._told.add(trial_id)
         value = None if error or not result else result.get(self.metric)
         if value is not None and not math.isfinite(float(value)):
             value = None
-        self.strategy.tell(value, proposal)
+        self.strategy.tell(self.proposals[trial_id], value)
 
     def save(self, checkpoint_path: str) -> None:
-        """The strategy's `state_dict()` and the outstanding trials, as JSON, written atomically."""
-        state = {"strategy": self.strategy.state_dict(), "proposals": self._proposals}
+        """The strategy's `state_dict()` and the trial ids, as JSON, written atomically."""
+        state = {"strategy": self.strategy.state_dict(), "proposals": self.proposals, "told": sorted(self._told)}
         tmp = f"{checkpoint_path}.tmp"
         with open(tmp, "w") as f:
             json.dump(state, f)
@@ -83,7 +82,8 @@ class AskTellSearcher(Searcher):
         with open(checkpoint_path) as f:
             state = json.load(f)
         self.strategy.load_state_dict(state["strategy"])
-        self._proposals = {k: (float(v[0]), float(v[1])) for k, v in state["proposals"].items()}
+        self.proposals = {k: int(v) for k, v in state["proposals"].items()}
+        self._told = set(state["told"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +119,10 @@ def polarized_trial(params: dict[str, Any], base: Any) -> None:
 
 def epoch_metrics(metrics: dict[str, Any], lam: float, t: float) -> dict[str, Any]:
     """One epoch's report, in the column order of Tune's table."""
+    from trainers.trial import REPORTED
+
     row: dict[str, Any] = {"lam": lam, "t": t}
-    row.update({key: _number(metrics.get(key)) for key in EPOCH_KEYS})
+    row.update({key: _number(metrics.get(key)) for key in REPORTED})
     row["epoch"] = int(metrics["epoch"])
     row["status"] = RUNNING
     return row

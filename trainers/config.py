@@ -1,7 +1,8 @@
-"""One frozen, typed configuration for trials, final jobs and searches, and its YAML presets.
+"""One frozen, typed configuration for trials and final jobs, and its YAML presets.
 
 A preset (`trainers/presets/<name>.yaml`, or any YAML file) holds only the fields it overrides;
-the overrides given to `load_config` (the CLI's flags) override the preset:
+the overrides given to `load_config` (the CLI's flags) override the preset. A preset may also hold
+a `search:` section (the search's settings, read by `search.settings` through `preset_section`):
 
     config = load_config("cpu-quick", {"lr": 0.05, "seed": None})   # None = flag not given
 
@@ -26,6 +27,7 @@ from typing import Any
 import yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+SECTION = "search"  # a preset's section of search settings (search.settings), not Config fields
 SCHEDULES = ("cosine", "step")
 REGULARIZERS = ("polarization", "l1", "none")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -37,7 +39,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of a trial, a final job and a search, with defaults (§4.2, Algorithm 1)."""
+    """Every setting of a trial and a final job, with defaults (§4.2)."""
 
     # --- data and model
     model: str = "resnet20"
@@ -85,12 +87,6 @@ class Config:
     num_workers: int = 4
     threads: int | None = None  # torch CPU threads; None: torch's default
     latency_runs: int = 20  # the final job's latency is the median of this many runs
-    # --- the search (Algorithm 1: initial (λ_l, λ_u, t) and the step of t)
-    lam_low: float = 0.0
-    lam_high: float = 2e-4
-    t_init: float = 1.2
-    t_step: float = 0.1
-    max_trials: int = 20
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -115,10 +111,21 @@ def load_config(preset: str | Path | None = None, overrides: dict[str, Any] | No
     values: dict[str, Any] = {}
     if preset is not None:
         values.update(_read_preset(preset))
+        values.pop(SECTION, None)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     _check_keys(given, "overrides")
     values.update(given)
     return Config(**values)
+
+
+def preset_section(preset: str | Path | None, name: str = "search") -> dict[str, Any]:
+    """The `name:` section of a preset (a mapping; {} when there is none)."""
+    if preset is None:
+        return {}
+    section = _read_preset(preset).get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"the {name}: section of preset {preset} must be a mapping of setting: value")
+    return dict(section)
 
 
 def available_presets() -> list[str]:
@@ -166,7 +173,7 @@ def _read_preset(preset: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path.name} must be a mapping of field: value, got a {type(data).__name__}")
-    _check_keys(data, f"preset {path.name}")
+    _check_keys({k: v for k, v in data.items() if k != SECTION}, f"preset {path.name}")
     return data
 
 
@@ -254,11 +261,6 @@ def _check_values(c: Config) -> None:
         (c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}"),
         (c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}"),
         (c.latency_runs >= 1, f"latency_runs must be >= 1, got {c.latency_runs}"),
-        (c.lam_low >= 0, f"lam_low must be >= 0, got {c.lam_low}"),
-        (c.lam_high > c.lam_low, f"lam_high must be > lam_low, got {c.lam_high} <= {c.lam_low}"),
-        (c.t_init >= 0, f"t_init must be >= 0, got {c.t_init}"),
-        (c.t_step > 0, f"t_step must be > 0, got {c.t_step}"),
-        (c.max_trials >= 1, f"max_trials must be >= 1, got {c.max_trials}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -42,7 +42,15 @@ from torch import nn
 from pruning.flops import count_flops
 from pruning.surgery import prune
 from trainers.config import Config
-from trainers.loop import evaluate, make_optimizer, make_penalty, make_scheduler, resolve_device, train
+from trainers.loop import (
+    check_lam_t,
+    evaluate,
+    make_optimizer,
+    make_penalty,
+    make_scheduler,
+    resolve_device,
+    train,
+)
 from trainers.trial import Report, load_splits, pruning_threshold, start_model
 
 EXPORT_NAME = "pruned_model.pt2"
@@ -90,8 +98,7 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
               splits: Any = None) -> FinalResult:  # fmt: skip
     """Train, prune, fine-tune, measure and export (see the module docstring); `report` gets one
     dict per epoch with its `phase` ("train" or "finetune")."""
-    if not (math.isfinite(lam) and lam >= 0 and math.isfinite(t)):
-        raise ValueError(f"λ must be >= 0 and t finite, got λ={lam}, t={t}")
+    check_lam_t(lam, t)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     output = Path(output_dir)

@@ -76,12 +76,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_lam_t(lam: float, t: float) -> None:
+    """Raise ValueError unless λ is a finite number >= 0 and t a finite number (Eq. 1, Eq. 2)."""
+    if not (isinstance(lam, int | float) and math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"λ (--lam) must be a finite number >= 0, got {lam}")
+    if not (isinstance(t, int | float) and math.isfinite(t)):
+        raise ValueError(f"t (--t) must be a finite number, got {t}")
+
+
 def make_penalty(config: Config, lam: float, t: float, steps_per_epoch: int) -> Penalty | None:
     """The configured regularizer at strength `lam` (and `t`), or None when it is "none"."""
+    check_lam_t(lam, t)
     if config.regularizer == "none":
         return None
-    if lam < 0 or not math.isfinite(lam):
-        raise ValueError(f"λ must be a finite number >= 0, got {lam}")
     upper = config.gamma_upper if config.regularizer == "polarization" else None
     return Penalty(config.regularizer, lam, t, upper, config.lam_warmup_epochs * steps_per_epoch)
 

@@ -38,25 +38,18 @@ from pruning.prunable import scaling_factors
 from pruning.regularizers import init_scaling_factors_
 from pruning.surgery import prune
 from pruning.threshold import all_gammas, first_valley
-from trainers import models
+from trainers import loop, models
 from trainers.config import Config, cache_root
-from trainers.loop import (
-    DivergedError,
-    evaluate,
-    make_optimizer,
-    make_penalty,
-    make_scheduler,
-    resolve_device,
-    train,
-)
 
 STABLE, MAX_EPOCHS, FAILED = "stable", "max_epochs", "failed"
+# What a trial reports after every epoch (to the search, the CLI and MLflow); its records hold more.
+REPORTED = ("epoch", "flops_reduction", "threshold", "val_accuracy", "loss")
 CHECKPOINT = "trial.pt"
 # Settings that do not change a trial's trajectory: a checkpoint made under other values resumes.
 _NOT_TRAJECTORY = frozenset({
     "data_dir", "download", "device", "num_workers", "threads", "cache_dir", "compile", "eval_batch_size",
     "latency_runs", "max_epochs", "min_epochs", "f_tol", "patience", "finetune_epochs", "finetune_lr",
-    "finetune_schedule", "lam_low", "lam_high", "t_init", "t_step", "max_trials",
+    "finetune_schedule",
 })  # fmt: skip
 
 Report = Callable[[dict[str, Any]], Any]
@@ -79,23 +72,22 @@ class TrialResult:
 def run_trial(config: Config, lam: float, t: float, report: Report | None = None,
               checkpoint_dir: str | os.PathLike | None = None, splits: Any = None) -> TrialResult:  # fmt: skip
     """Train with λ·R(γ; t) until F is stable or `max_epochs`; report every epoch (see module doc)."""
-    if not (math.isfinite(lam) and lam >= 0 and math.isfinite(t)):
-        raise ValueError(f"λ must be >= 0 and t finite, got λ={lam}, t={t}")
+    loop.check_lam_t(lam, t)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    device = loop.resolve_device(config.device)
     splits = splits if splits is not None else load_splits(config, device)
     try:
         model, gammas = start_model(config, splits, device)
-    except DivergedError as error:  # training the warm-start baseline
+    except loop.DivergedError as error:  # training the warm-start baseline
         return TrialResult(FAILED, math.nan, None, math.nan, 0, [], f"warm-start baseline: {error}")
     input_shape = tuple(splits.input_shape)
     original_flops = count_flops(model, input_shape)
     steps = len(splits.train)
-    optimizer = make_optimizer(model, config, gammas=gammas)
-    scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
+    optimizer = loop.make_optimizer(model, config, gammas=gammas)
+    scheduler = loop.make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
                                config.lr_decay)  # fmt: skip
-    penalty = make_penalty(config, lam, t, steps)
+    penalty = loop.make_penalty(config, lam, t, steps)
     key = {**{k: v for k, v in config.to_dict().items() if k not in _NOT_TRAJECTORY}, "lam": lam, "t": t}
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     history, message = _resume(path, key, model, optimizer, scheduler)
@@ -113,10 +105,10 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
 
     if len(history) < config.max_epochs and not is_stable(history, config):
         try:
-            train(model, splits.train, optimizer, scheduler, epochs=config.max_epochs, start_epoch=len(history),
+            loop.train(model, splits.train, optimizer, scheduler, epochs=config.max_epochs, start_epoch=len(history),
                   penalty=penalty, gammas=gammas, amp=config.amp, compile=config.compile,
                   on_epoch_end=on_epoch_end)  # fmt: skip
-        except DivergedError as error:
+        except loop.DivergedError as error:
             return TrialResult(FAILED, math.nan, None, math.nan, len(history), history, str(error))
     last = history[-1]
     status = STABLE if is_stable(history, config) else MAX_EPOCHS
@@ -146,7 +138,7 @@ def _measure(model: nn.Module, scaling: list[torch.Tensor], splits: Any, config:
     if threshold is not None:
         flops_reduction = 1.0 - count_flops(prune(model, threshold, input_shape), input_shape) / original_flops
         below = (gammas.abs() < threshold).float().mean().item()
-    accuracy, loss = evaluate(model, splits.val if splits.val is not None else splits.test, config.amp)
+    accuracy, loss = loop.evaluate(model, splits.val if splits.val is not None else splits.test, config.amp)
     return {"flops_reduction": flops_reduction, "threshold": threshold, "val_accuracy": accuracy,
             "val_loss": loss, "gammas_below_threshold": below}  # fmt: skip
 
@@ -193,10 +185,10 @@ def _baseline(config: Config, splits: Any, model: nn.Module, gammas: list[torch.
             return torch.load(path, map_location=next(model.parameters()).device, weights_only=True)["model"]
         except Exception:  # noqa: BLE001 - a broken cache file is trained again and rewritten
             pass
-    optimizer = make_optimizer(model, config, gammas=gammas)
+    optimizer = loop.make_optimizer(model, config, gammas=gammas)
     epochs, steps = config.warm_start_epochs, len(splits.train)
-    scheduler = make_scheduler(optimizer, config.lr_schedule, epochs, steps, config.lr_milestones, config.lr_decay)
-    train(model, splits.train, optimizer, scheduler, epochs=epochs, amp=config.amp,
+    scheduler = loop.make_scheduler(optimizer, config.lr_schedule, epochs, steps, config.lr_milestones, config.lr_decay)
+    loop.train(model, splits.train, optimizer, scheduler, epochs=epochs, amp=config.amp,
           compile=config.compile)  # fmt: skip
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     _atomic_save({"model": state, "key": key}, path)

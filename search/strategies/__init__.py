@@ -1,46 +1,40 @@
-"""Every search strategy by name, with the same ask/tell protocol (search.base): `make(name, ...)`.
+"""The search strategies: pure ask/tell objects (no Ray, no torch), registered by name.
 
-- "algorithm1": the paper's Algorithm 1 (search.algorithm1).
-- "kary" (`KAry`, search.kary): k trials at once; each round narrows the λ bracket k+1 times, then
-  the t bracket the same way.
-- "secant" (`Secant`, search.secant): regula falsi and secant steps on a model of F over (log λ, t),
-  one trial at a time.
-- "optuna" (`OptunaSearch`, search.optuna_search): Optuna's TPE over (log λ, t) minimising |F − F*|.
+- "algorithm1": the paper's Algorithm 1 (algorithm1.py), one trial at a time; its constants
+  (λ in [0, 2e-4], t₀ = 1.2, t step 0.1) are the settings' defaults.
+- "kary": k = settings.parallel trials at once; each round narrows the λ bracket k+1 times, then
+  the t bracket the same way (kary.py).
+- "secant": regula falsi and secant steps on a model of F over (log λ, t), one trial at a time
+  (secant.py).
+- "optuna": Optuna's TPE over (log λ, t) minimising |F − F*|, settings.parallel trials at once
+  (optuna_search.py).
 
-kary and secant share a λ phase, a t phase and their stopping rules (search.two_phase).
+kary and secant share a λ phase, a t phase and their stopping rules (two_phase.py). A strategy is
+built from a `search.settings.SearchSettings`: `build(settings)`.
 """
 
 from __future__ import annotations
 
-from search.algorithm1 import T_STEP_EXHAUSTED, UNREACHABLE_HIGH, UNREACHABLE_LOW, Algorithm1
-from search.base import Proposal, Strategy, Trial, check_target, interior_points, round_t
-from search.kary import KAry
-from search.optuna_search import OptunaSearch
-from search.secant import LOG_LAM_PRIOR_SLOPE, T_PRIOR_SLOPE, Secant
-from search.two_phase import T_RANGE_EXHAUSTED
+from typing import Any
 
-__all__ = [
-    "LOG_LAM_PRIOR_SLOPE", "STRATEGIES", "T_PRIOR_SLOPE", "T_RANGE_EXHAUSTED", "T_STEP_EXHAUSTED",
-    "UNREACHABLE_HIGH", "UNREACHABLE_LOW", "Algorithm1", "KAry", "OptunaSearch", "Proposal", "Secant",
-    "Strategy", "Trial", "check_target", "interior_points", "make", "round_t",
-]  # fmt: skip
+from search.strategies import algorithm1, kary, optuna_search, secant  # noqa: F401 - they register themselves
+from search.strategies.base import _REGISTRY, WAIT, Proposal, Strategy, Trial, register
 
-STRATEGIES = ("algorithm1", "kary", "secant", "optuna")
+__all__ = ["WAIT", "Proposal", "Strategy", "Trial", "build", "names", "register", "strategy_class"]
 
 
-def make(name: str, target: float, delta: float, *, lam_low: float = 0.0, lam_high: float = 2e-4,
-         t: float = 1.2, t_step: float = 0.1, max_trials: int = 20, parallel: int = 1, seed: int = 0,
-         storage: str | None = None, study_name: str | None = None) -> Strategy:
-    """The strategy `name` (one of STRATEGIES); `parallel` is kary's k and Optuna's outstanding trials."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    check_target(target, delta)
-    common = {"lam_low": lam_low, "lam_high": lam_high, "t": t, "t_step": t_step, "max_trials": max_trials}
-    if name == "algorithm1":
-        return Algorithm1(target, delta, **common)
-    if name == "kary":
-        return KAry(target, delta, k=parallel, **common)
-    if name == "secant":
-        return Secant(target, delta, **common)
-    return OptunaSearch(target, delta, parallel=parallel, seed=seed, storage=storage, study_name=study_name,
-                        **common)
+def names() -> tuple[str, ...]:
+    """The registered strategies' names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(names())}") from None
+
+
+def build(settings: Any, **extras: Any) -> Strategy:
+    """The strategy `settings.strategy`, built from `settings` (and its own `extras`, e.g. Optuna's storage)."""
+    return strategy_class(settings.strategy)(settings, **extras)

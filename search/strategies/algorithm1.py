@@ -45,45 +45,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from search.base import Proposal, Strategy, Trial, round_t
+from search.strategies.base import Point, Strategy, Trial, register, round_t
+
+# The paper's constants (Algorithm 1): the initial λ bracket [λl, λu], t₀, and the step of t.
+LAM_LOW, LAM_HIGH, T_INIT, T_STEP = 0.0, 2e-4, 1.2, 0.1
 
 UNREACHABLE_HIGH = "target unreachable: F(lam_high) below target"
 UNREACHABLE_LOW = "target unreachable: F(lam_low) above target"
 T_STEP_EXHAUSTED = "t step exhausted"
 
 
+@register
 class Algorithm1(Strategy):
     """The paper's Algorithm 1: bisection on λ until |F − F*| ≤ 2δ, then t ± t_step until ≤ δ."""
 
     name = "algorithm1"
 
-    def __init__(
-        self,
-        target: float,
-        delta: float,
-        lam_low: float = 0.0,
-        lam_high: float = 2e-4,
-        t: float = 1.2,
-        t_step: float = 0.1,
-        max_trials: int = 20,
-        *,
-        max_widen: int = 8,
-        lam_rtol: float = 1e-3,
-        t_step_min: float | None = None,
-    ) -> None:
-        super().__init__(target, delta, max_trials)
-        if not 0.0 <= lam_low < lam_high:
-            raise ValueError(f"need 0 <= lam_low < lam_high, got {lam_low!r}, {lam_high!r}")
-        if t_step <= 0:
-            raise ValueError(f"t_step must be > 0, got {t_step!r}")
+    def __init__(self, settings: Any = None, /, *, max_widen: int = 8, lam_rtol: float = 1e-3,
+                 t_step_min: float | None = None, **fields: Any) -> None:  # fmt: skip
+        super().__init__(settings, **fields)
+        lam_low, lam_high, t_step = self.settings.lam_low, self.settings.lam_high, self.settings.t_step
         self.lam_rtol = float(lam_rtol)
         self.max_widen = int(max_widen)
         self.t_step_min = float(t_step / 8 if t_step_min is None else t_step_min)
-        self._lam_high0 = float(lam_high)
+        self._lam_high0 = lam_high
         self._s: dict[str, Any] = {
             "phase": "lambda",
-            "lam_low": float(lam_low),
-            "lam_high": float(lam_high),
+            "lam_low": lam_low,
+            "lam_high": lam_high,
             "low_tried": False,  # λl / λu are trial values (not the initial bounds)
             "high_tried": False,
             "f_low": None,  # F at λl / λu (None: untried or failed)
@@ -91,12 +80,12 @@ class Algorithm1(Strategy):
             "widenings": 0,
             "probe_top": False,  # after widening, the next trial is λu itself
             "lam": (lam_low + lam_high) / 2,
-            "t": float(t),
-            "t_step": float(t_step),
+            "t": self.settings.t_init,
+            "t_step": t_step,
             "t_tried": [],  # t values tried at λ during the t phase
         }
 
-    def _propose(self) -> list[Proposal]:
+    def _propose(self) -> list[Point]:
         s = self._s
         if s["phase"] == "lambda":
             s["lam"] = s["lam_high"] if s["probe_top"] else (s["lam_low"] + s["lam_high"]) / 2

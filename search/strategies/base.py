@@ -3,17 +3,18 @@
 A strategy proposes hyper-parameters (λ, t) of polarization pruning (Eq. 1 and Eq. 2) and is told the
 FLOPs reduction F that a trial with them reached, until |F − F*| ≤ δ (Algorithm 1's stopping test):
 
-    algo = Algorithm1(target=0.5, delta=0.05)
-    while (p := algo.ask()) is not None:
-        algo.tell(train_and_measure(*p))
+    algo = Algorithm1(target=0.5, delta=0.05)          # or Algorithm1(SearchSettings(...))
+    while (p := algo.ask()) is not None:               # a Proposal: p.id, p.lam, p.t
+        algo.tell(p, train_and_measure(p.lam, p.t))
     algo.best
 
-`ask()` returns a proposal `(lam, t)`, `None` once the search has finished, or `WAIT` while every
-proposal it can make now depends on results still outstanding. `tell(F, proposal)` gives the result
-of one outstanding proposal (the oldest when `proposal` is None); `F` None or NaN is a failed trial,
-an outcome like any other. The search is finished when a trial lands within δ of the target
-(`converged`), when `max_trials` proposals have all been told, or when the strategy gives up with a
-stated `reason`. Pure Python: no torch, no Ray.
+`ask()` returns a `Proposal`, `None` once the search has finished, or `WAIT` while every proposal it
+can make now depends on results still outstanding. `tell(proposal, F)` gives the result of one
+outstanding proposal (the proposal or its id); `F` None or NaN is a failed trial, an outcome like
+any other. The search is finished when a trial lands within δ of the target (`converged`), when
+`max_trials` proposals have all been told, or when the strategy gives up with a stated `reason`.
+A strategy is built from one `search.settings.SearchSettings`, and registers itself by name
+(`@register`). Pure Python: no torch, no Ray.
 """
 
 from __future__ import annotations
@@ -22,12 +23,23 @@ import enum
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-Proposal = tuple[float, float]
+if TYPE_CHECKING:
+    from search.settings import SearchSettings
+
+Point = tuple[float, float]  # (λ, t), what a subclass proposes
 
 CONVERGED = "converged: |F-F*| <= delta"
 MAX_TRIALS = "max_trials reached"
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make the strategy buildable by its `name` (search.strategies.build)."""
+    _REGISTRY[cls.name] = cls
+    return cls
 
 
 class _Signal(enum.Enum):
@@ -42,9 +54,23 @@ WAIT = _Signal.WAIT
 
 
 @dataclass(frozen=True)
-class Trial:
-    """One told trial: its (λ, t), the FLOPs reduction it reached (None if it failed), its status."""
+class Proposal:
+    """One proposed trial: its id (unique within the strategy, kept in its state), λ and t."""
 
+    id: int
+    lam: float
+    t: float
+
+    @property
+    def point(self) -> Point:
+        return self.lam, self.t
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One told trial: its proposal's id, (λ, t), the FLOPs reduction it reached (None if it failed), its status."""
+
+    id: int
     lam: float
     t: float
     flops_reduction: float | None
@@ -56,19 +82,6 @@ class Trial:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_target(target: float, delta: float) -> None:
-    """Raise ValueError unless 0 < target < 1 and 0 < delta < target."""
-    try:
-        ok_target = 0.0 < float(target) < 1.0
-        ok_delta = ok_target and 0.0 < float(delta) < float(target)
-    except (TypeError, ValueError):
-        ok_target = ok_delta = False
-    if not ok_target:
-        raise ValueError(f"target FLOPs reduction must be in (0, 1), got {target!r}")
-    if not ok_delta:
-        raise ValueError(f"delta must be in (0, target={target}), got {delta!r}")
 
 
 def round_t(t: float) -> float:
@@ -95,29 +108,43 @@ def interior_points(low: float, high: float, k: int) -> list[float]:
 class Strategy(ABC):
     """Bookkeeping common to all strategies: outstanding proposals, history, budget and stop reason.
 
-    Subclasses implement `_propose()` (the next proposals, or [] after calling `_finish`) and
+    Subclasses implement `_propose()` (the next points, or [] after calling `_finish`) and
     `_observe(trial)` (update their state with one told trial), and name their own state in
     `_extra_state()` / `_load_extra_state()` so that `state_dict()` is enough to resume.
     """
 
     name = "strategy"
+    uses_parallel = False  # whether `settings.parallel` means anything to this strategy
 
-    def __init__(self, target: float, delta: float, max_trials: int = 20) -> None:
-        check_target(target, delta)
-        if int(max_trials) < 1:
-            raise ValueError(f"max_trials must be >= 1, got {max_trials!r}")
-        self.target = float(target)
-        self.delta = float(delta)
-        self.max_trials = int(max_trials)
+    def __init__(self, settings: SearchSettings | None = None, /, **fields: Any) -> None:
+        """Built from `settings`, or from the fields of one (`target=0.5, delta=0.05, ...`)."""
+        from search.settings import SearchSettings
+
+        if settings is None:
+            settings = SearchSettings(**{"strategy": self.name, **fields})
+        elif fields:
+            raise TypeError("give a SearchSettings or its fields, not both")
+        if settings.strategy != self.name:
+            raise ValueError(f"settings of strategy {settings.strategy!r} given to {self.name!r}")
+        self.settings = settings
+        self.target = settings.target
+        self.delta = settings.delta
+        self.max_trials = settings.max_trials
         self._trials: list[Trial] = []
-        self._queue: list[Proposal] = []  # proposed, not yet handed out by ask()
+        self._queue: list[Point] = []  # proposed, not yet handed out by ask()
         self._outstanding: list[Proposal] = []  # handed out, not yet told
+        self._next_id = 0
         self._reason = ""
         self._converged = False
 
+    @classmethod
+    def concurrency(cls, settings: SearchSettings) -> int:
+        """How many trials this strategy keeps outstanding at once under `settings`."""
+        return settings.parallel if cls.uses_parallel else 1
+
     # -- the protocol ------------------------------------------------------------------------
     def ask(self) -> Proposal | None | _Signal:
-        """The next (lam, t) to train, WAIT until outstanding results are told, or None: finished."""
+        """The next proposal to train, WAIT until outstanding results are told, or None: finished."""
         if self._reason:
             return None
         if not self._queue:
@@ -129,21 +156,23 @@ class Strategy(ABC):
                     return WAIT  # their results may still converge; finished once they are told
                 self._finish(MAX_TRIALS)
                 return None
-            proposals = self._propose()
-            if not proposals and not self._reason:
+            points = self._propose()
+            if not points and not self._reason:
                 self._finish("nothing left to propose")
             if self._reason:
                 return None
-            self._queue = [(float(lam), round_t(t)) for lam, t in proposals[:budget]]
-        proposal = self._queue.pop(0)
+            self._queue = [(float(lam), round_t(t)) for lam, t in points[:budget]]
+        lam, t = self._queue.pop(0)
+        proposal = Proposal(self._next_id, lam, t)
+        self._next_id += 1
         self._outstanding.append(proposal)
         return proposal
 
-    def tell(self, flops_reduction: float | None, proposal: Proposal | None = None) -> None:
-        """Record the result of an outstanding proposal (the oldest one when `proposal` is None)."""
-        lam, t = self._outstanding.pop(self._match(proposal))
+    def tell(self, proposal: Proposal | int, flops_reduction: float | None) -> None:
+        """Record the result of an outstanding proposal (given as itself or by its id)."""
+        proposal = self._outstanding.pop(self._index(proposal))
         value = as_flops(flops_reduction)
-        trial = Trial(lam, t, value, "failed" if value is None else "ok")
+        trial = Trial(proposal.id, proposal.lam, proposal.t, value, "failed" if value is None else "ok")
         self._trials.append(trial)
         if self._reason:
             return  # a late result of a finished search: recorded, nothing more
@@ -155,13 +184,10 @@ class Strategy(ABC):
             self._finish(MAX_TRIALS)
 
     @property
-    def best(self) -> tuple[float, float, float] | None:
-        """(lam, t, F) of the successful trial closest to the target so far, or None."""
+    def best(self) -> Trial | None:
+        """The successful trial closest to the target so far, or None."""
         ok = [tr for tr in self._trials if not tr.failed]
-        if not ok:
-            return None
-        tr = min(ok, key=lambda tr: abs(tr.flops_reduction - self.target))
-        return tr.lam, tr.t, tr.flops_reduction
+        return min(ok, key=lambda tr: abs(tr.flops_reduction - self.target), default=None)
 
     @property
     def converged(self) -> bool:
@@ -178,7 +204,7 @@ class Strategy(ABC):
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Every told trial, in the order told: {lam, t, flops_reduction, status}."""
+        """Every told trial, in the order told: {id, lam, t, flops_reduction, status}."""
         return [tr.as_dict() for tr in self._trials]
 
     @property
@@ -191,15 +217,14 @@ class Strategy(ABC):
 
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A JSON-able snapshot; `load_state_dict` on a strategy built with the same arguments resumes."""
+        """A JSON-able snapshot; `load_state_dict` on a strategy built with the same settings resumes."""
         return {
             "strategy": self.name,
-            "target": self.target,
-            "delta": self.delta,
-            "max_trials": self.max_trials,
+            "settings": self.settings.to_dict(),
             "trials": self.history,
             "queue": [list(p) for p in self._queue],
-            "outstanding": [list(p) for p in self._outstanding],
+            "outstanding": [asdict(p) for p in self._outstanding],
+            "next_id": self._next_id,
             "reason": self._reason,
             "converged": self._converged,
             "state": self._extra_state(),
@@ -208,20 +233,21 @@ class Strategy(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("strategy") != self.name:
             raise ValueError(f"state of strategy {state.get('strategy')!r} cannot load into {self.name!r}")
-        if (state["target"], state["delta"]) != (self.target, self.delta):
+        saved = state["settings"]
+        if (saved["target"], saved["delta"]) != (self.target, self.delta):
             raise ValueError("state was saved for another target or delta")
-        self.max_trials = int(state["max_trials"])
         self._trials = [Trial(**d) for d in state["trials"]]
         self._queue = [(float(lam), float(t)) for lam, t in state["queue"]]
-        self._outstanding = [(float(lam), float(t)) for lam, t in state["outstanding"]]
+        self._outstanding = [Proposal(**p) for p in state["outstanding"]]
+        self._next_id = int(state["next_id"])
         self._reason = state["reason"]
         self._converged = bool(state["converged"])
         self._load_extra_state(state["state"])
 
     # -- for subclasses ----------------------------------------------------------------------
     @abstractmethod
-    def _propose(self) -> list[Proposal]:
-        """The next proposals; [] after `_finish(reason)` when there is nothing left to try."""
+    def _propose(self) -> list[Point]:
+        """The next (λ, t) points; [] after `_finish(reason)` when there is nothing left to try."""
 
     @abstractmethod
     def _observe(self, trial: Trial) -> None:
@@ -245,13 +271,9 @@ class Strategy(ABC):
     def _n_asked(self) -> int:
         return len(self._trials) + len(self._outstanding)
 
-    def _match(self, proposal: Proposal | None) -> int:
-        if not self._outstanding:
-            raise ValueError("tell() without an outstanding proposal: call ask() first")
-        if proposal is None:
-            return 0
-        lam, t = proposal
-        for i, (o_lam, o_t) in enumerate(self._outstanding):
-            if math.isclose(lam, o_lam, rel_tol=1e-9, abs_tol=1e-15) and math.isclose(t, o_t, abs_tol=1e-9):
+    def _index(self, proposal: Proposal | int) -> int:
+        wanted = proposal.id if isinstance(proposal, Proposal) else int(proposal)
+        for i, outstanding in enumerate(self._outstanding):
+            if outstanding.id == wanted:
                 return i
-        raise ValueError(f"{proposal!r} is not an outstanding proposal: {self._outstanding!r}")
+        raise ValueError(f"proposal {wanted} is not outstanding (outstanding: {[p.id for p in self._outstanding]})")

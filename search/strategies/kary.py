@@ -6,32 +6,33 @@ narrows the bracket to the pair around the target; all-below rounds probe λu, 2
 across the window: a staircase), or the two largest λ give the same F below the target (λ stopped
 paying), the t phase proposes k values of t stepping from the current one (t ± t_step·i), then k
 interior points of the t bracket. A round is outstanding at once; ask() answers WAIT until all of
-it is told. Stopping rules: search.two_phase.
+it is told. Stopping rules: search.strategies.two_phase.
 """
 
 from __future__ import annotations
 
-from search.algorithm1 import T_STEP_EXHAUSTED, UNREACHABLE_HIGH, UNREACHABLE_LOW
-from search.base import Proposal, Trial, interior_points
-from search.two_phase import TwoPhase, informative_trials, is_above
+from typing import Any
+
+from search.strategies.algorithm1 import T_STEP_EXHAUSTED, UNREACHABLE_HIGH, UNREACHABLE_LOW
+from search.strategies.base import Point, Trial, interior_points, register
+from search.strategies.two_phase import TwoPhase, informative_trials, is_above
 
 
+@register
 class KAry(TwoPhase):
     """k-ary search: k proposals per round, so a round narrows the λ bracket k+1 times, not twice."""
 
     name = "kary"
+    uses_parallel = True  # k = settings.parallel
 
-    def __init__(self, target: float, delta: float, lam_low: float = 0.0, lam_high: float = 2e-4,
-                 t: float = 1.2, t_step: float = 0.1, max_trials: int = 20, *, k: int = 2,
-                 max_widen: int = 8, lam_rtol: float = 0.05, t_step_min: float | None = None) -> None:
-        super().__init__(target, delta, lam_low, lam_high, t, t_step, max_trials, max_widen, t_step_min)
-        if int(k) < 1:
-            raise ValueError(f"k must be >= 1, got {k!r}")
-        self.k, self.lam_rtol = int(k), float(lam_rtol)
-        self._s.update(lam_low=float(lam_low), lam_high=float(lam_high), f_low=None, f_high=None,
+    def __init__(self, settings: Any = None, /, *, max_widen: int = 8, lam_rtol: float = 0.05,
+                 t_step_min: float | None = None, **fields: Any) -> None:  # fmt: skip
+        super().__init__(settings, max_widen, t_step_min, **fields)
+        self.k, self.lam_rtol = self.settings.parallel, float(lam_rtol)
+        self._s.update(lam_low=self.settings.lam_low, lam_high=self.settings.lam_high, f_low=None, f_high=None,
                        low_tried=False, high_tried=False, probes=None, round_start=0)
 
-    def _propose(self) -> list[Proposal]:
+    def _propose(self) -> list[Point]:
         s = self._s
         s["round_start"] = len(self._trials)  # nothing is outstanding when a round is proposed
         if s["phase"] == "lambda":

@@ -6,70 +6,62 @@ Optuna is imported when the strategy is built, not with this module.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from search.base import Proposal, Strategy, Trial, round_t
+from search.strategies.base import Point, Proposal, Strategy, Trial, register, round_t
 
 
+@register
 class OptunaSearch(Strategy):
     """Optuna's TPE over (log λ, t), minimising |F − F*|, through Optuna's ask-and-tell interface.
 
     Search space: λ log-uniform over [max(lam_low, lam_high·1e-3), lam_high] (λ = 0 is no
     regularization, so the range stops three decades below λ_high; unlike Algorithm 1 it does not
     widen, so give a λ_high large enough), t uniform over [t − 1, t + 1]. The first trial is the
-    paper's ((lam_low + lam_high)/2, t). Up to `parallel` proposals are outstanding at once.
+    paper's ((lam_low + lam_high)/2, t). Up to `settings.parallel` proposals are outstanding at once.
     `storage` (an RDB URL such as "sqlite:///search.db") and `study_name` make the study outlive the
     driver (load_if_exists=True); without them the study is in memory and `load_state_dict` replays
     the told trials into a fresh one. Failed trials are told as TrialState.FAIL.
     """
 
     name = "optuna"
+    uses_parallel = True
 
-    def __init__(self, target: float, delta: float, lam_low: float = 0.0, lam_high: float = 2e-4,
-                 t: float = 1.2, t_step: float = 0.1, max_trials: int = 20, *, parallel: int = 1,
-                 seed: int = 0, storage: str | None = None, study_name: str | None = None) -> None:
+    def __init__(self, settings: Any = None, /, *, storage: str | None = None, study_name: str | None = None,
+                 **fields: Any) -> None:  # fmt: skip
         import optuna
 
-        super().__init__(target, delta, max_trials)
-        if not 0.0 <= lam_low < lam_high:
-            raise ValueError(f"need 0 <= lam_low < lam_high, got {lam_low!r}, {lam_high!r}")
-        del t_step  # TPE needs no step
-        self.parallel = max(1, int(parallel))
+        super().__init__(settings, **fields)
+        lam_low, lam_high, t = self.settings.lam_low, self.settings.lam_high, self.settings.t_init
+        self.parallel = self.settings.parallel
         self._space = {
             "lam": optuna.distributions.FloatDistribution(max(lam_low, lam_high * 1e-3), lam_high, log=True),
             "t": optuna.distributions.FloatDistribution(t - 1.0, t + 1.0),
         }
         self._first = {"lam": (lam_low + lam_high) / 2, "t": float(t)}
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
+        sampler = optuna.samplers.TPESampler(seed=self.settings.seed, n_startup_trials=5, multivariate=True)
         self._storage = storage
         self._study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
                                           direction="minimize", load_if_exists=True)
-        self._numbers: list[list[float]] = []  # [lam, t, optuna trial number] per outstanding proposal
+        self._numbers: dict[str, int | None] = {}  # proposal id -> its Optuna trial number, until told
 
     def _ready(self) -> bool:
         return len(self._outstanding) < self.parallel
 
-    def _propose(self) -> list[Proposal]:
+    def _propose(self) -> list[Point]:
         if not self._study.trials:
             self._study.enqueue_trial(self._first)
         trial = self._study.ask(self._space)
-        lam, t = float(trial.params["lam"]), round_t(trial.params["t"])
-        self._numbers.append([lam, t, trial.number])
-        return [(lam, t)]
+        self._numbers[str(self._next_id)] = trial.number  # one point per call: it gets the next id
+        return [(float(trial.params["lam"]), round_t(trial.params["t"]))]
 
     def _observe(self, trial: Trial) -> None:
         del trial  # TPE keeps its model in the study
 
-    def tell(self, flops_reduction: float | None, proposal: Proposal | None = None) -> None:
-        super().tell(flops_reduction, proposal)
-        tr, number = self._trials[-1], None
-        for i, (lam, t, n) in enumerate(self._numbers):
-            if math.isclose(lam, tr.lam, rel_tol=1e-9) and math.isclose(t, tr.t, abs_tol=1e-9):
-                number = int(n)
-                del self._numbers[i]
-                break
-        self._tell_study(tr, number)
+    def tell(self, proposal: Proposal | int, flops_reduction: float | None) -> None:
+        super().tell(proposal, flops_reduction)
+        tr = self._trials[-1]
+        self._tell_study(tr, self._numbers.pop(str(tr.id), None))
 
     def _tell_study(self, tr: Trial, number: int | None) -> None:
         """Tell the study about a trial: its running Optuna trial, or a new finished one if that is gone."""
@@ -87,16 +79,15 @@ class OptunaSearch(Strategy):
                                                         distributions=self._space))
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"storage": self._storage, "study_name": self._study.study_name,
-                "numbers": [list(n) for n in self._numbers]}
+        return {"storage": self._storage, "study_name": self._study.study_name, "numbers": dict(self._numbers)}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         other_study = state["storage"] and self._study.study_name != state["study_name"]
         if self._storage != state["storage"] or other_study:
             raise ValueError(f"state belongs to study {state['study_name']!r} in {state['storage']!r}")
-        self._numbers = [list(n) for n in state["numbers"]]
+        self._numbers = dict(state["numbers"])
         if not self._study.trials:  # an in-memory study: rebuild it from the history
-            self._numbers = [[lam, t, -1] for lam, t, _ in self._numbers]
+            self._numbers = dict.fromkeys(self._numbers)  # its running trials are gone with it
             for tr in self._trials:
                 self._tell_study(tr, None)
 

@@ -6,16 +6,17 @@ extrapolation on log λ (a prior slope of 0.4 per e-fold of λ until two trials 
 to ×8, λ up to λ_high·2^max_widen, down to max(λ_low, λ_high·1e-3)). When λ stops paying (two λ
 give the same F below the target, the bracket is narrower than 10 %, or λ reaches its cap or
 floor) it moves t with Theorem 3.2's prior: the fraction kept is p = 1/2 − t/4, so F grows by ≈ 1/4
-per unit of t, refined by the slope the trials at this λ show. Stopping rules: search.two_phase.
+per unit of t, refined by the slope the trials at this λ show. Stopping rules: search.strategies.two_phase.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from search.algorithm1 import T_STEP_EXHAUSTED
-from search.base import Proposal, Trial
-from search.two_phase import TwoPhase, informative_trials, is_above
+from search.strategies.algorithm1 import T_STEP_EXHAUSTED
+from search.strategies.base import Point, Trial, register
+from search.strategies.two_phase import TwoPhase, informative_trials, is_above
 
 T_PRIOR_SLOPE = 0.25  # dF/dt from Theorem 3.2: p = 1/2 - t/4 is the fraction of scaling factors kept
 LOG_LAM_PRIOR_SLOPE = 0.4  # dF/dlog λ before two trials show it; issue 6 measured ≈ 0.37 on CPU
@@ -38,19 +39,20 @@ def _falsi(lo: Trial, hi: Trial, pts: list[Trial], target: float) -> float:
 
 
 
+@register
 class Secant(TwoPhase):
     """A model of F(log λ, t) from the trials so far picks each next trial, one at a time."""
 
     name = "secant"
 
-    def __init__(self, target: float, delta: float, lam_low: float = 0.0, lam_high: float = 2e-4,
-                 t: float = 1.2, t_step: float = 0.1, max_trials: int = 20, *, max_widen: int = 8,
-                 lam_rtol: float = 0.1, t_step_min: float | None = None) -> None:
-        super().__init__(target, delta, lam_low, lam_high, t, t_step, max_trials, max_widen, t_step_min)
+    def __init__(self, settings: Any = None, /, *, max_widen: int = 8, lam_rtol: float = 0.1,
+                 t_step_min: float | None = None, **fields: Any) -> None:  # fmt: skip
+        super().__init__(settings, max_widen, t_step_min, **fields)
         self.lam_rtol = float(lam_rtol)
-        self._lam_low, self._lam_floor = float(lam_low), max(float(lam_low), 1e-3 * lam_high)
+        lam_low, lam_high = self.settings.lam_low, self.settings.lam_high
+        self._lam_low, self._lam_floor = lam_low, max(lam_low, 1e-3 * lam_high)
 
-    def _propose(self) -> list[Proposal]:
+    def _propose(self) -> list[Point]:
         if self._s["phase"] == "lambda":
             lam = self._next_lam()
             if lam is not None:

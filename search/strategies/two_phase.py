@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from search.base import Strategy, Trial, round_t
+from search.strategies.base import Strategy, Trial, round_t
 
 T_RANGE_EXHAUSTED = "t range exhausted"
 
@@ -32,12 +32,10 @@ def informative_trials(pts: list[Trial], key: str) -> list[Trial]:
 class TwoPhase(Strategy):
     """Common ground of kary and secant: the λ range, the t range and the trials at a fixed λ."""
 
-    def __init__(self, target: float, delta: float, lam_low: float, lam_high: float, t: float,
-                 t_step: float, max_trials: int, max_widen: int, t_step_min: float | None) -> None:
-        super().__init__(target, delta, max_trials)
-        if not 0.0 <= lam_low < lam_high or t_step <= 0:
-            raise ValueError(f"need 0 <= lam_low < lam_high, t_step > 0; got {lam_low}, {lam_high}, {t_step}")
-        self.t_step = float(t_step)
+    def __init__(self, settings: Any, max_widen: int, t_step_min: float | None, **fields: Any) -> None:
+        super().__init__(settings, **fields)
+        lam_high, t, t_step = self.settings.lam_high, self.settings.t_init, self.settings.t_step
+        self.t_step = t_step
         self.t_step_min = float(t_step / 8 if t_step_min is None else t_step_min)
         self._lam_high0 = float(lam_high)
         self._lam_cap = float(lam_high) * 2 ** int(max_widen)

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from search.algorithm1 import T_STEP_EXHAUSTED, UNREACHABLE_HIGH, UNREACHABLE_LOW, Algorithm1
-from search.base import CONVERGED, MAX_TRIALS, WAIT
+from search.strategies.algorithm1 import T_STEP_EXHAUSTED, UNREACHABLE_HIGH, UNREACHABLE_LOW, Algorithm1
+from search.strategies.base import CONVERGED, MAX_TRIALS, WAIT
 
 
 def paper_algorithm1(F, target, delta, limit=200):
@@ -66,8 +66,8 @@ def drive(algo, F):
     proposals = []
     while (p := algo.ask()) is not None:
         assert p is not WAIT
-        proposals.append(p)
-        algo.tell(F(*p))
+        proposals.append(p.point)
+        algo.tell(p, F(*p.point))
     return proposals
 
 
@@ -94,17 +94,22 @@ def random_oracle(rng: random.Random):
 
 def test_first_trials_are_the_papers():
     algo = Algorithm1(target=0.5, delta=0.05)
-    assert algo.ask() == (1e-4, 1.2)
+    p = algo.ask()
+    assert (p.id, p.lam, p.t) == (0, 1e-4, 1.2)
     assert algo.ask() is WAIT  # sequential: one trial at a time
-    algo.tell(0.2)  # far below: λl = 1e-4
-    assert algo.ask() == pytest.approx((1.5e-4, 1.2))
-    algo.tell(0.8)  # far above: λu = 1.5e-4
-    assert algo.ask() == pytest.approx((1.25e-4, 1.2))
-    algo.tell(0.42)  # within 2δ, below the δ-window: t phase, t + 0.1
-    assert algo.ask() == pytest.approx((1.25e-4, 1.3))
-    algo.tell(0.47)
+    algo.tell(p, 0.2)  # far below: λl = 1e-4
+    p = algo.ask()
+    assert p.id == 1 and p.point == pytest.approx((1.5e-4, 1.2))
+    algo.tell(p, 0.8)  # far above: λu = 1.5e-4
+    p = algo.ask()
+    assert p.point == pytest.approx((1.25e-4, 1.2))
+    algo.tell(p, 0.42)  # within 2δ, below the δ-window: t phase, t + 0.1
+    p = algo.ask()
+    assert p.point == pytest.approx((1.25e-4, 1.3))
+    algo.tell(p.id, 0.47)  # a proposal or its id
     assert algo.converged and algo.reason == CONVERGED and algo.ask() is None
-    assert algo.best == pytest.approx((1.25e-4, 1.3, 0.47))
+    best = algo.best
+    assert (best.id, best.lam, best.t, best.flops_reduction) == pytest.approx((3, 1.25e-4, 1.3, 0.47))
 
 
 def test_matches_the_paper_number_for_number_where_it_terminates():
@@ -116,7 +121,7 @@ def test_matches_the_paper_number_for_number_where_it_terminates():
         target = rng.uniform(0.1, 0.9)
         delta = rng.uniform(0.01, min(0.08, target / 2))
         paper, terminated, free_from = paper_algorithm1(F, target, delta)
-        ours = drive(Algorithm1(target, delta, max_trials=200), F)
+        ours = drive(Algorithm1(target=target, delta=delta, max_trials=200), F)
         # Up to where the paper is stuck in a loop it never leaves, the proposals are the same.
         assert same(ours[:free_from], paper[:free_from])
         if terminated and free_from == len(paper):
@@ -136,7 +141,7 @@ def test_matches_the_paper_number_for_number_where_it_terminates():
 )
 def test_oscillation_in_t_ends_where_the_paper_cycles(F, target):
     assert not paper_algorithm1(F, target, 0.05, limit=100)[1]
-    algo = Algorithm1(target, 0.05, max_trials=50)
+    algo = Algorithm1(target=target, delta=0.05, max_trials=50)
     proposals = drive(algo, F)
     assert algo.finished and len(proposals) < 50
     assert algo.reason in (CONVERGED, T_STEP_EXHAUSTED)
@@ -148,26 +153,26 @@ def test_oscillation_in_t_ends_where_the_paper_cycles(F, target):
 
 def test_oscillation_converges_when_a_finer_t_hits_the_window():
     F = lambda lam, t: 0.4 + 1.5 * (t - 1.2)  # noqa: E731 - the window is at t = 1.2667 ± 0.033
-    algo = Algorithm1(0.5, 0.05, max_trials=50)
+    algo = Algorithm1(target=0.5, delta=0.05, max_trials=50)
     drive(algo, F)
-    assert algo.converged and abs(algo.best[2] - 0.5) <= 0.05
+    assert algo.converged and abs(algo.best.flops_reduction - 0.5) <= 0.05
 
 
 def test_target_beyond_lam_high_widens_after_the_paper_bisection():
     F = lambda lam, t: min(1.0, lam / 1.2e-3)  # noqa: E731 - the window is at λ = 6e-4 > 2e-4
     paper, terminated, free_from = paper_algorithm1(F, 0.5, 0.05, limit=60)
     assert not terminated
-    algo = Algorithm1(0.5, 0.05, max_trials=40)
+    algo = Algorithm1(target=0.5, delta=0.05, max_trials=40)
     ours = drive(algo, F)
     assert same(ours[:free_from], paper[:free_from])  # the paper's 10 bisections first
     assert free_from == 10
     assert same(ours[10:], [(4e-4, 1.2), (8e-4, 1.2), (6e-4, 1.2)])  # probe, probe, bisect
-    assert algo.converged and algo.best[2] == pytest.approx(0.5)
+    assert algo.converged and algo.best.flops_reduction == pytest.approx(0.5)
 
 
 def test_unreachable_above_stops_after_max_widen():
     F = lambda lam, t: 0.0  # noqa: E731 - nothing is ever pruned
-    algo = Algorithm1(0.5, 0.05, max_widen=3, max_trials=50)
+    algo = Algorithm1(target=0.5, delta=0.05, max_widen=3, max_trials=50)
     proposals = drive(algo, F)
     assert algo.reason == UNREACHABLE_HIGH and not algo.converged
     assert max(lam for lam, _ in proposals) == pytest.approx(2e-4 * 2**3)
@@ -176,7 +181,7 @@ def test_unreachable_above_stops_after_max_widen():
 
 def test_unreachable_below_stops_when_lam_reaches_zero():
     F = lambda lam, t: 0.8  # noqa: E731
-    algo = Algorithm1(0.3, 0.05, max_trials=50)
+    algo = Algorithm1(target=0.3, delta=0.05, max_trials=50)
     proposals = drive(algo, F)
     assert algo.reason == UNREACHABLE_LOW and len(proposals) == 10
     assert proposals[-1][0] == pytest.approx(2e-4 / 2**10)
@@ -184,7 +189,7 @@ def test_unreachable_below_stops_when_lam_reaches_zero():
 
 def test_lambda_that_stops_paying_moves_t():
     F = lambda lam, t: min(1.0, 0.32 + 0.25 * (t - 1.2))  # noqa: E731 - λ does nothing, t does
-    algo = Algorithm1(0.5, 0.05, max_trials=40)
+    algo = Algorithm1(target=0.5, delta=0.05, max_trials=40)
     proposals = drive(algo, F)
     assert algo.converged and proposals[-1][1] > 1.2
     assert len(proposals) == 10 + 1 + 6  # bisection, one widening probe, then t up to 1.8
@@ -194,7 +199,7 @@ def test_staircase_jump_across_the_window_goes_to_the_t_phase():
     F = lambda lam, t: (0.66 if lam > 1.3e-4 else 0.0) + 0.25 * (t - 1.2)  # noqa: E731
     paper, terminated, free_from = paper_algorithm1(F, 0.5, 0.05, limit=60)
     assert not terminated
-    algo = Algorithm1(0.5, 0.05, max_trials=40)
+    algo = Algorithm1(target=0.5, delta=0.05, max_trials=40)
     ours = drive(algo, F)
     assert same(ours[:free_from], paper[:free_from])
     assert algo.converged and ours[free_from][0] > 1.3e-4  # the t phase on the F = 0.66 side
@@ -203,16 +208,15 @@ def test_staircase_jump_across_the_window_goes_to_the_t_phase():
 
 def test_failed_trials_are_outcomes():
     F = lambda lam, t: float("nan") if lam >= 1e-4 else lam / 2e-4  # noqa: E731
-    algo = Algorithm1(0.7, 0.05, max_trials=30)
+    algo = Algorithm1(target=0.7, delta=0.05, max_trials=30)
     proposals = drive(algo, F)
     assert proposals[1] == pytest.approx((5e-5, 1.2))  # λ = 1e-4 failed: λu = 1e-4, as for F too high
     statuses = [h["status"] for h in algo.history]
     assert "failed" in statuses and algo.finished
     assert all(h["flops_reduction"] is None for h in algo.history if h["status"] == "failed")
-    assert algo.best is not None and not math.isnan(algo.best[2])
-    algo2 = Algorithm1(0.5, 0.05)
-    algo2.ask()
-    algo2.tell(None)  # None is a failure too
+    assert algo.best is not None and not math.isnan(algo.best.flops_reduction)
+    algo2 = Algorithm1(target=0.5, delta=0.05)
+    algo2.tell(algo2.ask(), None)  # None is a failure too
     assert algo2.history[0]["status"] == "failed" and algo2.best is None
 
 
@@ -222,7 +226,7 @@ def test_always_stops_within_max_trials(seed):
     F = random_oracle(rng)
     noise = random.Random(seed + 1000)
     max_trials = rng.randint(1, 25)
-    algo = Algorithm1(rng.uniform(0.1, 0.9), 0.03, max_trials=max_trials)
+    algo = Algorithm1(target=rng.uniform(0.1, 0.9), delta=0.03, max_trials=max_trials)
     proposals = drive(algo, lambda lam, t: F(lam, t) + noise.gauss(0, 0.02))
     assert len(proposals) <= max_trials and algo.finished and algo.ask() is None
     assert algo.reason in (CONVERGED, MAX_TRIALS, T_STEP_EXHAUSTED, UNREACHABLE_HIGH, UNREACHABLE_LOW)
@@ -231,19 +235,21 @@ def test_always_stops_within_max_trials(seed):
 
 def test_state_dict_resumes_the_same_search():
     F = lambda lam, t: 0.4 + 1.5 * (t - 1.2) + lam * 500  # noqa: E731 - oscillates in t
-    reference = drive(Algorithm1(0.48, 0.02, max_trials=30), F)
+    reference = drive(Algorithm1(target=0.48, delta=0.02, max_trials=30), F)
     assert len(reference) == 4
-    algo = Algorithm1(0.48, 0.02, max_trials=30)
+    algo = Algorithm1(target=0.48, delta=0.02, max_trials=30)
     proposals = []
     for _ in range(3):
-        proposals.append(algo.ask())
-        algo.tell(F(*proposals[-1]))
-    proposals.append(algo.ask())  # outstanding when the driver dies
+        p = algo.ask()
+        proposals.append(p.point)
+        algo.tell(p, F(*p.point))
+    pending = algo.ask()  # outstanding when the driver dies
+    proposals.append(pending.point)
     state = json.loads(json.dumps(algo.state_dict()))
-    resumed = Algorithm1(0.48, 0.02, max_trials=30)
+    resumed = Algorithm1(target=0.48, delta=0.02, max_trials=30)
     resumed.load_state_dict(state)
-    assert resumed.outstanding == [proposals[-1]]
-    resumed.tell(F(*proposals[-1]))
+    assert resumed.outstanding == [pending]  # the same proposal, id included
+    resumed.tell(pending.id, F(*pending.point))
     proposals += drive(resumed, F)
     assert same(proposals, reference) and resumed.reason
 
@@ -251,12 +257,15 @@ def test_state_dict_resumes_the_same_search():
 def test_bad_arguments_raise():
     for target, delta in [(0.0, 0.05), (1.0, 0.05), (0.5, 0.0), (0.5, 0.5), (0.5, -0.1)]:
         with pytest.raises(ValueError):
-            Algorithm1(target, delta)
+            Algorithm1(target=target, delta=delta)
     with pytest.raises(ValueError):
-        Algorithm1(0.5, 0.05, lam_low=3e-4)
-    algo = Algorithm1(0.5, 0.05)
+        Algorithm1(target=0.5, delta=0.05, lam_low=3e-4)
+    algo = Algorithm1(target=0.5, delta=0.05)
     with pytest.raises(ValueError):
-        algo.tell(0.5)  # nothing outstanding
+        algo.tell(0, 0.5)  # nothing outstanding
     p = algo.ask()
     with pytest.raises(ValueError):
-        algo.tell(0.5, proposal=(p[0] * 2, p[1]))
+        algo.tell(p.id + 1, 0.5)  # not a proposal it made
+    algo.tell(p, 0.5)
+    with pytest.raises(ValueError):
+        algo.tell(p, 0.5)  # told already

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.cli import main, summary
-from search.service import SearchOutcome
+from search.cli import main
+from search.outcome import SearchOutcome, TrialRow
+from search.report import summary
+from search.strategies import Trial
 
 
 def _closed_port() -> int:
@@ -74,7 +76,11 @@ BAD_INPUTS = {
     "unreachable mlflow server": [*SEARCH, "--mlflow-uri", f"http://127.0.0.1:{PORT}"],
     "mlflow sqlite in a missing folder": [*SEARCH, "--mlflow-uri", "sqlite:///nowhere/mlflow.db"],
     "negative lam_low": [*SEARCH, "--lam-low", "-1e-4"],
-    "parallel 0": [*SEARCH, "--parallel", "0"],
+    "parallel 0": [*SEARCH, "--parallel", "0", "--strategy", "kary"],
+    "parallel for a sequential strategy": [*SEARCH, "--parallel", "4"],
+    "max_trials 0": [*SEARCH, "--max-trials", "0"],
+    "lam_high below lam_low": [*SEARCH, "--lam-low", "1e-3", "--lam-high", "1e-4"],
+    "t_step 0": [*SEARCH, "--t-step", "0"],
     "negative gpus": [*SEARCH, "--gpus-per-trial", "-1"],
     "unknown flag": [*SEARCH, "--lambda", "0.1"],
     "output already holds a search": [*SEARCH, "--output", "taken"],
@@ -117,6 +123,7 @@ def test_error_messages_name_the_problem(workdir, capsys):
         (BAD_INPUTS["unknown model"], "resnet9000"),
         (BAD_INPUTS["unknown key in preset"], "lamda"),
         (BAD_INPUTS["unknown strategy"], "bogo"),
+        (BAD_INPUTS["parallel for a sequential strategy"], "one trial at a time"),
         (BAD_INPUTS["unreachable ray address"], "Ray"),
         (BAD_INPUTS["unreachable mlflow server"], "MLflow"),
         (BAD_INPUTS["trial negative lam"], "--lam"),
@@ -137,9 +144,9 @@ def test_help_lists_the_flags_and_subcommands(capsys):
 
 
 def test_trial_json_on_real_data(cifar10_dir, tmp_path, monkeypatch, capsys):
+    from pruning.prunable import scaling_factors
     from trainers import models
     from trainers.config import load_config
-    from pruning.prunable import scaling_factors
     from trainers.trial import pruning_threshold
 
     monkeypatch.chdir(tmp_path)
@@ -176,10 +183,9 @@ def test_ctrl_c_during_a_trial_exits_130_with_one_line(cifar10_dir, tmp_path):
 
 def test_summary_table_lists_trials_winner_and_reason():
     outcome = SearchOutcome(
-        trials=[{"lam": 0.02, "t": 1.2, "flops_reduction": 0.3, "epochs": 4.0, "val_accuracy": 0.4, "status": "stable"},
-                {"lam": 0.03, "t": 1.2, "flops_reduction": float("nan"), "epochs": 2.0, "val_accuracy": float("nan"),
-                 "status": "failed"}],
-        best=(0.02, 1.2, 0.3), converged=False, reason="max_trials reached", output=Path("out"),
+        trials=[TrialRow(0, 0.02, 1.2, 0.3, "stable", epochs=4, val_accuracy=0.4),
+                TrialRow(1, 0.03, 1.2, None, "failed", epochs=2)],
+        best=Trial(0, 0.02, 1.2, 0.3, "ok"), converged=False, reason="max_trials reached", output=Path("out"),
     )  # fmt: skip
     text = summary(outcome, 0.5, 0.05)
     lines = text.splitlines()

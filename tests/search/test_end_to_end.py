@@ -20,8 +20,10 @@ import torch
 from mlflow import MlflowClient
 
 from search.cli import main
-from search.service import SearchSpec, run_search
-from trainers.config import FIELDS, load_config
+from search.outcome import SearchSpec
+from search.service import run_search
+from search.settings import SearchSettings
+from trainers.config import FIELDS, load_config, preset_section
 
 pytestmark = pytest.mark.slow
 TARGET, DELTA = 0.5, 0.01  # a narrow window: the first trial is unlikely to land in it, so trials >= 2
@@ -93,8 +95,17 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     torch.testing.assert_close(model(x), pruned(x))
     assert f"{summary['flops_after']:,}" in out
 
+    # result.json is built from the strategy and Tune, not read back from MLflow: it agrees with the store
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert len(result["trials"]) == len(trials) and result["reason"] == tags["stop_reason"]
+    by_run = {(float(r.data.params["lam"]), float(r.data.params["t"])): r for r in trials}
+    for row in result["trials"]:
+        run = by_run[(row["lam"], row["t"])]
+        assert row["status"] == run.data.tags["status"] and row["epochs"] == run.data.metrics["epochs"]
+        if row["flops_reduction"] is not None:
+            assert row["flops_reduction"] == pytest.approx(run.data.metrics["flops_reduction"])
+    assert [row["id"] for row in result["trials"]] == list(range(len(trials)))
+    assert result["best"] == pytest.approx({"lam": lam, "t": t, "flops_reduction": f})
 
 
 def _ctrl_c_after_the_first_trial(tune_dir: Path, timeout: float = 150.0) -> None:
@@ -115,8 +126,9 @@ def _ctrl_c_after_the_first_trial(tune_dir: Path, timeout: float = 150.0) -> Non
 def test_interrupted_search_resumes(cifar10_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = load_config("smoke", {"data_dir": str(cifar10_dir), "max_trials": 3})
-    spec = SearchSpec(config, TARGET, DELTA, output=tmp_path / "out", mlflow_uri=store, experiment="resume",
+    config = load_config("smoke", {"data_dir": str(cifar10_dir)})
+    settings = SearchSettings(**{**preset_section("smoke"), "target": TARGET, "delta": DELTA, "max_trials": 3})
+    spec = SearchSpec(config, settings, output=tmp_path / "out", mlflow_uri=store, experiment="resume",
                       skip_final=True)  # fmt: skip
 
     watcher = threading.Thread(target=_ctrl_c_after_the_first_trial, args=(tmp_path / "out" / "ray" / "tune",))
@@ -141,17 +153,16 @@ def test_interrupted_search_resumes(cifar10_dir, tmp_path, monkeypatch, capsys):
         steps = _steps(client, trial.info.run_id, "flops_reduction")
         assert steps == list(range(1, int(trial.data.metrics["epochs"]) + 1))
     # The resumed strategy saw every trial: Algorithm 1 by hand on the recorded F gives the same proposals.
-    from search.strategies import make
+    from search.strategies import build
 
-    by_hand = make("algorithm1", TARGET, DELTA, lam_low=config.lam_low, lam_high=config.lam_high, t=config.t_init,
-                   t_step=config.t_step, max_trials=3)  # fmt: skip
+    by_hand = build(settings)
     recorded = {(float(r.data.params["lam"]), float(r.data.params["t"])): r.data.metrics["flops_reduction"]
                 for r in trials}  # fmt: skip
     asked = []
     while (p := by_hand.ask()) is not None:
-        asked.append(p)
-        f = recorded[p]
-        by_hand.tell(None if math.isnan(f) else f)
+        asked.append(p.point)
+        f = recorded[p.point]
+        by_hand.tell(p, None if math.isnan(f) else f)
     assert asked == [(float(lam), float(t)) for lam, t in proposals]
     assert again.data.tags["stop_reason"] == by_hand.reason
     capsys.readouterr()

@@ -11,8 +11,14 @@ import random
 
 import pytest
 
-from search.base import CONVERGED, MAX_TRIALS, WAIT
-from search.strategies import STRATEGIES, KAry, OptunaSearch, Secant, make
+from search import strategies
+from search.settings import SearchSettings, SettingsError
+from search.strategies.base import CONVERGED, MAX_TRIALS, WAIT
+from search.strategies.kary import KAry
+from search.strategies.optuna_search import OptunaSearch
+from search.strategies.secant import Secant
+
+STRATEGIES = strategies.names()
 
 TARGETS = (0.3, 0.5, 0.7)
 DELTA = 0.05
@@ -118,25 +124,32 @@ def run(strategy, F, reverse: bool = True):
             assert strategy.ask() is None and not strategy.outstanding
             return trials, rounds
         for p in reversed(batch) if reverse else batch:
-            strategy.tell(F(*p), proposal=p)
+            strategy.tell(p, F(*p.point))
         trials, rounds = trials + len(batch), rounds + 1
 
 
-def build(name: str, target: float, max_trials: int = 20, **kwargs):
-    kwargs.setdefault("parallel", 4 if name == "kary" else 1)
-    return make(name, target, DELTA, max_trials=max_trials, **kwargs)
+def build(name: str, target: float, max_trials: int = 20, **fields):
+    fields.setdefault("parallel", 4 if name == "kary" else 1)
+    settings = SearchSettings(target=target, delta=DELTA, strategy=name, max_trials=max_trials, **fields)
+    return strategies.build(settings)
 
 
-def test_make_names_and_validation():
-    assert STRATEGIES == ("algorithm1", "kary", "secant", "optuna")
+def test_registry_names_and_validation():
+    assert set(STRATEGIES) == {"algorithm1", "kary", "secant", "optuna"}
     for name in STRATEGIES:
         assert build(name, 0.5).name == name
-    with pytest.raises(ValueError, match="unknown strategy"):
-        make("grid", 0.5, 0.05)
+    with pytest.raises(SettingsError, match="unknown strategy"):
+        SearchSettings(target=0.5, strategy="grid")
     for target, delta in [(0.0, 0.05), (1.0, 0.05), (1.5, 0.1), (0.5, 0.0), (0.5, 0.5), (0.3, 0.4)]:
-        with pytest.raises(ValueError):
-            make("secant", target, delta)
+        with pytest.raises(SettingsError):
+            SearchSettings(target=target, delta=delta, strategy="secant")
     assert isinstance(build("kary", 0.5, parallel=3), KAry) and build("kary", 0.5, parallel=3).k == 3
+    # each strategy states how many trials it keeps outstanding; --parallel means nothing to the sequential ones
+    assert [SearchSettings(target=0.5, strategy=n, parallel=3).concurrency for n in ("kary", "optuna")] == [3, 3]
+    for name in ("algorithm1", "secant"):
+        assert SearchSettings(target=0.5, strategy=name).concurrency == 1
+        with pytest.raises(SettingsError, match="one trial at a time"):
+            SearchSettings(target=0.5, strategy=name, parallel=4)
 
 
 @pytest.mark.parametrize("oracle", ORACLES)
@@ -151,10 +164,10 @@ def test_every_strategy_always_stops_within_max_trials(name, oracle):
         assert strategy.converged == (strategy.reason == CONVERGED)
         ok = [h for h in strategy.history if h["status"] == "ok"]
         if strategy.converged:
-            assert abs(strategy.best[2] - target) <= DELTA
+            assert abs(strategy.best.flops_reduction - target) <= DELTA
         if ok:  # best is the told trial closest to the target
             closest = min(abs(h["flops_reduction"] - target) for h in ok)
-            assert abs(strategy.best[2] - target) == closest
+            assert abs(strategy.best.flops_reduction - target) == closest
         else:
             assert strategy.best is None
         if trials < max_trials:
@@ -170,14 +183,14 @@ def test_converges_where_the_window_is_reachable(name, oracle):
         strategy = build(name, target)
         run(strategy, ORACLES[oracle](seed=3))
         assert strategy.converged, (target, strategy.reason, strategy.history)
-        assert abs(strategy.best[2] - target) <= DELTA
+        assert abs(strategy.best.flops_reduction - target) <= DELTA
 
 
 def test_optuna_converges_on_a_monotone_oracle():
     for target in TARGETS:
         strategy = build("optuna", target, max_trials=40, seed=1)
         run(strategy, monotone())
-        assert strategy.converged and abs(strategy.best[2] - target) <= DELTA
+        assert strategy.converged and abs(strategy.best.flops_reduction - target) <= DELTA
 
 
 def test_targets_out_of_reach_end_with_a_reason():
@@ -218,28 +231,28 @@ def test_kary_proposes_a_round_at_once():
     kary = build("kary", 0.5, parallel=4)
     round1 = [kary.ask() for _ in range(4)]
     assert kary.ask() is WAIT
-    assert [lam for lam, _ in round1] == pytest.approx([4e-5, 8e-5, 1.2e-4, 1.6e-4])  # equally spaced
-    assert all(t == 1.2 for _, t in round1)
+    assert [p.lam for p in round1] == pytest.approx([4e-5, 8e-5, 1.2e-4, 1.6e-4])  # equally spaced
+    assert all(p.t == 1.2 for p in round1) and [p.id for p in round1] == [0, 1, 2, 3]
     F = lambda lam, t: (lam / 2e-4) ** 2  # noqa: E731 - F = 0.04, 0.16, 0.36, 0.64: none within 2δ of 0.5
-    kary.tell(F(*round1[2]), proposal=round1[2])
+    kary.tell(round1[2], F(*round1[2].point))
     assert kary.ask() is WAIT  # the round is not complete
     for p in (round1[0], round1[3], round1[1]):
-        kary.tell(F(*p), proposal=p)
+        kary.tell(p, F(*p.point))
     round2 = [kary.ask() for _ in range(4)]
-    lams = [lam for lam, _ in round2]  # log-spaced inside the new bracket (1.2e-4, 1.6e-4)
+    lams = [p.lam for p in round2]  # log-spaced inside the new bracket (1.2e-4, 1.6e-4)
     assert lams == pytest.approx([1.2e-4 * (4 / 3) ** (i / 5) for i in range(1, 5)])
     with pytest.raises(ValueError):
-        kary.tell(0.5, proposal=(1.0, 1.2))
+        kary.tell(round1[0], 0.5)  # told already
 
 
 def test_sequential_strategies_wait_and_optuna_runs_parallel():
     for name in ("algorithm1", "secant"):
-        strategy = build(name, 0.5, parallel=4)
+        strategy = build(name, 0.5)
         assert strategy.ask() is not WAIT and strategy.ask() is WAIT
     optuna = build("optuna", 0.5, parallel=2)
     first, second = optuna.ask(), optuna.ask()
-    assert first == pytest.approx((1e-4, 1.2)) and second not in (WAIT, None) and optuna.ask() is WAIT
-    optuna.tell(0.3, proposal=second)
+    assert first.point == pytest.approx((1e-4, 1.2)) and second not in (WAIT, None) and optuna.ask() is WAIT
+    optuna.tell(second, 0.3)  # the second told first: matched by its id
     assert optuna.ask() not in (WAIT, None)
 
 
@@ -255,7 +268,7 @@ def test_state_dict_resumes_mid_search(name):
         while (p := strategy.ask()) not in (None, WAIT):
             batch.append(p)
         for p in batch:
-            strategy.tell(F(*p), proposal=p)
+            strategy.tell(p, F(*p.point))
     while strategy.ask() not in (None, WAIT):
         pass  # the next proposals are outstanding when the driver dies
     assert strategy.outstanding and not strategy.finished
@@ -263,7 +276,7 @@ def test_state_dict_resumes_mid_search(name):
     resumed.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
     assert resumed.outstanding == strategy.outstanding and resumed.history == strategy.history
     for p in resumed.outstanding:
-        resumed.tell(F(*p), proposal=p)
+        resumed.tell(p, F(*p.point))
     run(resumed, F, reverse=False)
     assert resumed.history == reference.history and resumed.reason == reference.reason
 
@@ -274,7 +287,7 @@ def test_failed_trials_are_recorded_and_searched_around():
         run(strategy, lambda lam, t: float("nan") if lam > 8e-5 else lam / 1e-4)
         failed = [h for h in strategy.history if h["status"] == "failed"]
         assert failed and all(h["flops_reduction"] is None for h in failed), name
-        assert strategy.finished and strategy.best is not None and strategy.best[0] <= 8e-5
+        assert strategy.finished and strategy.best is not None and strategy.best.lam <= 8e-5
 
 
 def test_optuna_space_seed_and_fail_states():
@@ -296,31 +309,31 @@ def test_optuna_space_seed_and_fail_states():
 
 def test_optuna_study_survives_the_driver(tmp_path):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    first = OptunaSearch(0.5, 0.05, max_trials=8, storage=storage, study_name="s1", lam_high=1e-3)
+    first = OptunaSearch(target=0.5, delta=0.05, max_trials=8, storage=storage, study_name="s1", lam_high=1e-3)
     F = monotone()
     for _ in range(3):
-        first.tell(F(*first.ask()))
+        first.tell(p := first.ask(), F(*p.point))
     pending = first.ask()
     state = json.loads(json.dumps(first.state_dict()))
     assert state["state"]["storage"] == storage and state["state"]["study_name"] == "s1"
     del first  # the driver dies with one trial running
-    second = OptunaSearch(0.5, 0.05, max_trials=8, storage=storage, study_name="s1", lam_high=1e-3)
+    second = OptunaSearch(target=0.5, delta=0.05, max_trials=8, storage=storage, study_name="s1", lam_high=1e-3)
     assert len(second._study.trials) == 4  # the study lives in the database
     second.load_state_dict(state)
-    second.tell(F(*pending), proposal=pending)
+    second.tell(pending, F(*pending.point))
     trials, _ = run(second, F)
     assert len(second.history) == 4 + trials <= 8
     lams = [tr.params["lam"] for tr in second._study.trials]
     assert lams == pytest.approx([h["lam"] for h in second.history])
     assert all(tr.state.name in ("COMPLETE", "FAIL") for tr in second._study.trials)
     # in memory, the told trials are replayed into a fresh study
-    mem = OptunaSearch(0.5, 0.05, max_trials=8, lam_high=1e-3)
-    mem.tell(F(*mem.ask()))
-    again = OptunaSearch(0.5, 0.05, max_trials=8, lam_high=1e-3)
+    mem = OptunaSearch(target=0.5, delta=0.05, max_trials=8, lam_high=1e-3)
+    mem.tell(p := mem.ask(), F(*p.point))
+    again = OptunaSearch(target=0.5, delta=0.05, max_trials=8, lam_high=1e-3)
     again.load_state_dict(json.loads(json.dumps(mem.state_dict())))
-    assert len(again._study.trials) == 1 and again.ask()[0] != pytest.approx(mem.history[0]["lam"])
+    assert len(again._study.trials) == 1 and again.ask().lam != pytest.approx(mem.history[0]["lam"])
     with pytest.raises(ValueError):
-        Secant(0.5, 0.05).load_state_dict(state)
+        Secant(target=0.5, delta=0.05).load_state_dict(state)
 
 
 @pytest.mark.parametrize("name", ["secant", "kary"])

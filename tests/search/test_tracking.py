@@ -11,6 +11,7 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
+from search.strategies import Trial
 from search.tracking import SearchTracker, TrackingError, absolute_uri, check_uri, runs_table, ui_hint
 from trainers.config import FIELDS, load_config
 from trainers.final import FinalResult
@@ -46,7 +47,7 @@ def test_parent_nested_trials_and_per_epoch_history(store, tmp_path):
     for e, f in enumerate([0.5, 0.7], 1):
         tracker.log_epoch("trial-b", epoch(0.03, 1.2, e, f))
     tracker.end_trial("trial-b", end(0.03, 1.2, 2, math.nan, status="failed"))
-    tracker.end_search("stopped", "max_trials reached", (0.02, 1.2, 0.31))
+    tracker.end_search("stopped", "max_trials reached", Trial(0, 0.02, 1.2, 0.31, "ok"))
 
     client = MlflowClient(store)
     run = client.get_run(parent)

@@ -3,6 +3,7 @@ one real local Ray running the same searcher through a Tuner with an oracle trai
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import ray
 from ray.tune.search import Searcher
 
-from search.base import WAIT
+from search import strategies
 from search.ray_cluster import (
     RayAddressError,
     RayInfo,
@@ -21,7 +22,8 @@ from search.ray_cluster import (
     ray_session,
     trial_resources,
 )
-from search.strategies import make
+from search.settings import SearchSettings
+from search.strategies import WAIT
 from search.tune import (
     AskTellSearcher,
     TrialEvents,
@@ -31,6 +33,7 @@ from search.tune import (
 from trainers.trial import TrialResult
 
 TARGET, DELTA = 0.5, 0.02
+_TRIAL_NUMBERS = itertools.count()
 
 
 def monotone(lam: float, t: float) -> float:
@@ -44,7 +47,8 @@ def staircase(lam: float, t: float) -> float:
 
 
 def strategy(name: str):
-    return make(name, TARGET, DELTA, lam_low=0.0, lam_high=2e-4, t=1.2, t_step=0.1, max_trials=15, parallel=3)
+    parallel = 3 if name == "kary" else 1
+    return strategies.build(SearchSettings(target=TARGET, delta=DELTA, strategy=name, max_trials=15, parallel=parallel))
 
 
 def by_hand(strat, oracle) -> list[tuple[float, float]]:
@@ -56,18 +60,17 @@ def by_hand(strat, oracle) -> list[tuple[float, float]]:
             return asked
         if p is WAIT:
             proposal = outstanding.pop(0)
-            strat.tell(oracle(*proposal), proposal)
+            strat.tell(proposal, oracle(*proposal.point))
             continue
-        asked.append(p)
+        asked.append(p.point)
         outstanding.append(p)
 
 
 def through_searcher(searcher: AskTellSearcher, oracle, stop_after: int | None = None) -> list[tuple[float, float]]:
     """What Tune does: suggest until None (wait) or FINISHED, complete the oldest running trial."""
     asked, running = [], []
-    counter = 0
     while stop_after is None or len(asked) < stop_after:
-        counter += 1
+        counter = next(_TRIAL_NUMBERS)  # Tune never gives two trials one id
         config = searcher.suggest(f"trial-{counter}")
         if config == Searcher.FINISHED:
             return asked
@@ -75,7 +78,8 @@ def through_searcher(searcher: AskTellSearcher, oracle, stop_after: int | None =
             trial_id, (lam, t) = running.pop(0)
             searcher.on_trial_complete(trial_id, {"flops_reduction": oracle(lam, t), "lam": lam, "t": t})
             continue
-        assert set(config) == {"lam", "t"}
+        assert set(config) == {"lam", "t", "proposal"}
+        assert searcher.proposals[f"trial-{counter}"] == config["proposal"]  # Tune's trial id -> the proposal's id
         asked.append((config["lam"], config["t"]))
         running.append((f"trial-{counter}", (config["lam"], config["t"])))
     return asked
@@ -116,7 +120,7 @@ def test_failed_trial_is_told_as_a_failed_outcome(result, error):
     config = searcher.suggest("a")
     searcher.on_trial_complete("a", result, error=error)
     assert searcher.strategy.history == [
-        {"lam": config["lam"], "t": config["t"], "flops_reduction": None, "status": "failed"}
+        {"id": config["proposal"], "lam": config["lam"], "t": config["t"], "flops_reduction": None, "status": "failed"}
     ]
     assert isinstance(searcher.suggest("b"), dict)  # the search goes on
 
@@ -144,9 +148,11 @@ def test_save_restore_continues_identically(tmp_path, name):
     restored.restore(str(path))
     assert restored.strategy.state_dict() == original.strategy.state_dict()
     # Finish both the same way: the outstanding trials of `original` are those restored.
+    assert restored.proposals == original.proposals
     for searcher in (original, restored):
-        for trial_id, (lam, t) in list(searcher._proposals.items()):
-            searcher.on_trial_complete(trial_id, {"flops_reduction": oracle(lam, t)})
+        for p in searcher.strategy.outstanding:
+            trial_id = next(k for k, v in searcher.proposals.items() if v == p.id)
+            searcher.on_trial_complete(trial_id, {"flops_reduction": oracle(p.lam, p.t)})
     rest_original = through_searcher(original, oracle)
     rest_restored = through_searcher(restored, oracle)
     assert rest_restored == rest_original
@@ -263,7 +269,7 @@ def test_tuner_on_a_local_loopback_ray_runs_the_strategy(tmp_path, workers_impor
     assert [(r["lam"], r["t"]) for r in ends] == expected
     assert [r["epoch"] for r in epochs] == [1] * len(expected)
     assert searcher.strategy.converged
-    assert abs(searcher.strategy.best[2] - TARGET) <= DELTA
+    assert abs(searcher.strategy.best.flops_reduction - TARGET) <= DELTA
     saved = AskTellSearcher(strategy("algorithm1"))
     saved.restore_from_dir(str(tmp_path / "t"))  # what Tune saved at the end is the final state
     assert saved.strategy.state_dict() == searcher.strategy.state_dict()

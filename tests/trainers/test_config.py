@@ -14,8 +14,7 @@ PAPER_PRESETS = ["cifar10-resnet56", "cifar10-vgg16", "cifar100-resnet56", "cifa
 def test_defaults_are_the_papers_algorithm_and_regularizer_settings():
     c = load_config()
     assert c == Config()
-    # Algorithm 1's initialisation (λ_l, λ_u, t) = (0, 2e-4, 1.2); §3.2: γ₀ = 0.5, a = 1; §3.3: bin 0.01
-    assert (c.lam_low, c.lam_high, c.t_init) == (0.0, 2e-4, 1.2)
+    # §3.2: γ₀ = 0.5, a = 1; §3.3: bin 0.01 (Algorithm 1's own constants: tests/search/test_settings.py)
     assert (c.gamma_init, c.gamma_upper, c.bin_width) == (0.5, 1.0, 0.01)
     assert c.max_epochs == 30 and c.regularizer == "polarization"
     assert c.data_dir is None and c.num_classes is None and c.gamma_lr is None
@@ -97,7 +96,7 @@ def _write(tmp_path, text: str) -> Path:
         (None, {"device": "gpu"}, "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
         (None, {"max_epochs": 300}, "max_epochs (300) must be <= epochs (200)"),
         (None, {"gamma_init": 2.0}, "gamma_init must be in [0, gamma_upper], got 2.0"),
-        (None, {"lam_high": 0.0}, "lam_high must be > lam_low"),
+        (None, {"lam_high": 2e-4}, "unknown config field 'lam_high' in overrides"),  # a search setting
     ],
 )
 def test_errors_are_one_line(preset, overrides, expected):

@@ -8,10 +8,12 @@ import torch
 
 from pruning.flops import count_flops
 from trainers import models
-from trainers.config import load_config
+from trainers.config import load_config, preset_section
 from trainers.final import EXPORT_NAME, run_final
 from trainers.loop import evaluate
 from trainers.trial import load_splits
+
+SMOKE_LAM = preset_section("smoke")["lam_high"]  # large enough that the smoke trials prune
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,7 @@ def final(cifar10_dir, tmp_path_factory):
     splits = load_splits(config, torch.device("cpu"))
     output = tmp_path_factory.mktemp("final")
     reported = []
-    result = run_final(config, config.lam_high, config.t_init, output, report=reported.append, splits=splits)
+    result = run_final(config, SMOKE_LAM, 1.2, output, report=reported.append, splits=splits)
     return config, splits, output, result, reported
 
 
@@ -49,7 +51,7 @@ def test_the_summary_and_the_reports(final):
     for key in ("acc_before_pruning", "acc_after_pruning", "acc_after_finetune", "flops_before", "flops_after",
                 "flops_reduction", "params_before", "params_after", "threshold"):  # fmt: skip
         assert summary[key] == getattr(result, key), key
-    assert summary["config"] == config.to_dict() and summary["lam"] == config.lam_high
+    assert summary["config"] == config.to_dict() and summary["lam"] == SMOKE_LAM
     assert set(result.latency_ms_before) == set(result.latency_ms_after) == {1, config.eval_batch_size}
     assert all(ms > 0 for ms in [*result.latency_ms_before.values(), *result.latency_ms_after.values()])
     assert [r["phase"] for r in reported] == ["train"] * config.epochs + ["finetune"] * config.finetune_epochs

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pruning.prunable import scaling_factors
 from pruning.regularizers import clamp_, init_scaling_factors_, polarization
 from trainers import models
-from trainers.config import Config, load_config
+from trainers.config import Config, load_config, preset_section
 from trainers.loop import (
     DivergedError,
     Penalty,
@@ -22,6 +22,8 @@ from trainers.loop import (
     train,
 )
 from trainers.trial import load_splits, start_model
+
+SMOKE_LAM = preset_section("smoke")["lam_high"]  # large enough that the smoke trials prune
 
 
 def _random_batches(n: int, batch: int = 8, size: int = 8, seed: int = 0) -> list:
@@ -179,7 +181,7 @@ def test_a_large_lambda_polarizes_the_scaling_factors_and_no_regularizer_does_no
     steps = len(splits.train)
     results = {}
     for name, penalty in (
-        ("polarized", make_penalty(config, config.lam_high, config.t_init, steps)),
+        ("polarized", make_penalty(config, SMOKE_LAM, 1.2, steps)),
         ("plain", None),
     ):
         model, gammas = start_model(config, splits, torch.device("cpu"))

@@ -10,8 +10,10 @@ from pruning.flops import count_flops
 from pruning.prunable import scaling_factors
 from pruning.surgery import prune
 from trainers import models
-from trainers.config import load_config
+from trainers.config import load_config, preset_section
 from trainers.trial import CHECKPOINT, is_stable, load_splits, pruning_threshold, run_trial
+
+SMOKE_LAM = preset_section("smoke")["lam_high"]  # large enough that the smoke trials prune
 
 REPORTED = {"epoch", "flops_reduction", "threshold", "val_accuracy", "loss", "lam", "t"}
 
@@ -29,7 +31,7 @@ def _without_timing(history):
 def test_the_trial_reports_every_epoch_and_stops_when_f_is_stable(smoke):
     config, splits = smoke
     reported = []
-    result = run_trial(config, config.lam_high, config.t_init, report=reported.append, splits=splits)
+    result = run_trial(config, SMOKE_LAM, 1.2, report=reported.append, splits=splits)
 
     assert result.status == "stable" and result.epochs < config.max_epochs
     assert reported == result.history and len(reported) == result.epochs
@@ -65,13 +67,13 @@ def test_without_stability_the_trial_runs_to_max_epochs(smoke):
 def test_a_diverging_trial_fails_without_raising(smoke, tmp_path):
     config, splits = smoke
     reported = []
-    result = run_trial(dataclasses.replace(config, lr=1e6), config.lam_high, 1.2, report=reported.append,
+    result = run_trial(dataclasses.replace(config, lr=1e6), SMOKE_LAM, 1.2, report=reported.append,
                        splits=splits)  # fmt: skip
     assert result.status == "failed" and math.isnan(result.flops_reduction)
     assert "diverged" in result.message and result.model_state is None
     assert result.history == reported
     warm = dataclasses.replace(config, lr=1e6, warm_start_epochs=1, cache_dir=str(tmp_path))
-    result = run_trial(warm, config.lam_high, 1.2, splits=splits)  # the baseline itself diverges
+    result = run_trial(warm, SMOKE_LAM, 1.2, splits=splits)  # the baseline itself diverges
     assert result.status == "failed" and result.message.startswith("warm-start baseline: training diverged")
 
 

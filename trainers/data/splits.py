@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,20 +95,8 @@ def load(
                 f"{len(train_files.classes)} class folders"
             )
         if not fits_in_memory(train_files):
-            return _stream_splits(
-                train_files,
-                test_files,
-                stats,
-                subset,
-                val_size,
-                seed,
-                downsample,
-                device,
-                batch_size,
-                eval_batch_size,
-                num_workers,
-                channels_last,
-            )
+            return _stream_splits(train_files, test_files, stats, subset, val_size, seed, downsample, device,
+                                  batch_size, eval_batch_size, num_workers, channels_last)  # fmt: skip
         cache = resolve_cache_dir(cache_dir)
         train_set, test_set = decode_cached(train_files, cache), decode_cached(test_files, cache)
     train_idx, val_idx = stratified_split(train_set.labels, val_size, subset, seed)
@@ -142,20 +131,9 @@ def load(
     )
 
 
-def _stream_splits(
-    train_files: Files,
-    test_files: Files,
-    stats,
-    subset,
-    val_size,
-    seed,
-    downsample,
-    device,
-    batch_size,
-    eval_batch_size,
-    num_workers,
-    channels_last,
-) -> Splits:
+def _stream_splits(train_files: Files, test_files: Files, stats: Any, subset: int | None, val_size: int,
+                   seed: int, downsample: int, device: torch.device, batch_size: int, eval_batch_size: int,
+                   num_workers: int, channels_last: bool) -> Splits:  # fmt: skip
     """Splits of a large tree: file lists split as for small ones, decoded on the fly by workers."""
     train_tf, eval_tf, shape = stream_transforms(stats, downsample)
     train_idx, val_idx = stratified_split(torch.tensor(train_files.labels), val_size, subset, seed)
