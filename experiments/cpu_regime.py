@@ -50,13 +50,28 @@ REGIMES: dict[str, dict[str, Any]] = {
         # Where the grid says targets 0.3 / 0.5 / 0.7 lie, and the t steps Algorithm 1 would take there.
         "extra": [[4e-4, 1.2], [5e-4, 1.1], [7.5e-4, 1.1]],
     },
+    # Issue 13's recorded surface: px16's trials on a (log λ) × t grid with per-epoch F and accuracy,
+    # the replay oracle of bench/ (search cost). Points px16 measured already are reused, not rerun.
+    "px16-surface": {
+        "preset": "cpu-quick",
+        "overrides": {"downsample": 2, "subset": 5000, "batch_size": 64, "epochs": 30, "max_epochs": 30,
+                      "min_epochs": 20, "patience": 3, "f_tol": 0.01},
+        "lams": [1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3],
+        "ts": [0.6, 0.9, 1.2, 1.5, 1.8],
+        "seeds": [0],
+        "spread": {"points": [[lam, 1.2] for lam in (1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3)], "seeds": [1]},
+        "reference": False,
+        "reuse": "px16",
+        # coarse first, so that a partial surface already spans the grid
+        "order": [3e-4, 1e-3, 3e-3, 1e-4, 2e-3, 5e-4, 2e-4],
+    },
 }
 HISTOGRAM_POINTS = 4
 
 
 def grid(regime: dict[str, Any]) -> list[tuple[float, float, int]]:
     """Every (λ, t, seed) to measure in a regime, the unregularized reference (λ = 0) first."""
-    points = [(0.0, regime["ts"][0], seed) for seed in regime["seeds"]]
+    points = [(0.0, regime["ts"][0], seed) for seed in regime["seeds"]] if regime.get("reference", True) else []
     points += [(lam, t, seed) for seed in regime["seeds"] for t in regime["ts"] for lam in regime["lams"]]
     sweep = regime.get("t_sweep", {})
     points += [(lam, t, seed) for seed in regime["seeds"] for t in sweep.get("ts", []) for lam in sweep.get("lams", [])]
@@ -91,6 +106,7 @@ def measure(preset: str, overrides: dict[str, Any], lam: float, t: float, seed: 
         "flops_reduction": result.flops_reduction, "threshold": result.threshold,
         "val_accuracy": result.val_accuracy, "seconds": round(seconds, 1),
         "f_per_epoch": [round(h["flops_reduction"], 4) for h in result.history],
+        "acc_per_epoch": [round(h["val_accuracy"], 4) for h in result.history],
         "gammas": gammas, "config": config.to_dict(),
     }  # fmt: skip
 
@@ -110,7 +126,11 @@ def run_regime(name: str, data_dir: str, jobs: int) -> Path:
     record = json.loads(path.read_text()) if path.is_file() else {"regime": name, "rows": []}
     record.update(preset=regime["preset"], overrides=regime["overrides"], data_dir=str(data_dir))
     done = {(r["lam"], r["t"], r["seed"]) for r in record["rows"]}
+    if "reuse" in regime:  # measured in another regime with the same settings
+        done |= {(r["lam"], r["t"], r["seed"]) for r in json.loads((RESULTS / f"{regime['reuse']}.json").read_text())["rows"]}
     todo = [p for p in grid(regime) if p not in done]
+    if "order" in regime:
+        todo.sort(key=lambda p: (p[2], regime["order"].index(p[0]) if p[0] in regime["order"] else 99, p[1]))
     overrides = {**regime["overrides"], "data_dir": str(data_dir)}
     print(f"{name}: {len(done)} points measured, {len(todo)} to go", flush=True)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
