@@ -75,6 +75,8 @@ for _ in $(seq 120); do
         "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 2> /dev/null && break
     sleep 1
 done
+curl -fsS -o /dev/null -H "Authorization: Bearer $RAY_AUTH_TOKEN" "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" \
+    || { "${compose[@]}" logs head >&2; echo "run-local: the Ray dashboard does not answer" >&2; exit 1; }
 echo "   Ray dashboard from the host: http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version without the token ->" \
     "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version"), with it ->" \
     "$(curl -s -H "Authorization: Bearer $RAY_AUTH_TOKEN" "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version")"
@@ -86,6 +88,8 @@ for _ in $(seq 120); do
     curl -fsS -o /dev/null "http://127.0.0.1:$MLFLOW_PORT/health" 2> /dev/null && break
     sleep 1
 done
+curl -fsS -o /dev/null "http://127.0.0.1:$MLFLOW_PORT/health" \
+    || { "${compose[@]}" logs mlflow >&2; echo "run-local: the MLflow server does not answer" >&2; exit 1; }
 echo "   MLflow server from the host: http://127.0.0.1:$MLFLOW_PORT/health ->" \
     "$(curl -s "http://127.0.0.1:$MLFLOW_PORT/health")"
 
