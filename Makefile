@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-install
 DATA ?= $(wildcard ../shared/data/cifar10)
 export POLARSEARCH_TEST_DATA := $(abspath $(DATA))
 
-.PHONY: install run test lint clean experiment bench
+.PHONY: install run test lint clean experiment bench docker
 
 install: $(STAMP)
 
@@ -29,9 +29,16 @@ test: install
 experiment: install
 	$(PY) experiments/cpu_regime.py --data-dir $(DATA)
 
-# Side-by-side ratios (data pipeline vs random tensors, regularizer overhead, Ray overhead, strategies).
+# Side-by-side ratios (data pipeline vs random tensors, regularizer overhead, Ray overhead, strategies,
+# pruned-model speed-up: its --quick run; the full table of docs/speed.md is that file's command).
 bench: install
-	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in bench/bench_*.py; do echo "== $$b"; \
+		case $$b in *bench_speed.py) quick=--quick;; *) quick=;; esac; $(PY) $$b $$quick || exit 1; done
+
+# Issue 14: the image over a local Debian base, run end to end (one container, then docker/compose.yaml).
+# Needs a Docker engine and docker-compose; no venv.
+docker:
+	$(if $(DATA),CIFAR10_DIR=$(abspath $(DATA))) docker/run-local.sh
 
 lint: install
 	$(VENV)/bin/ruff check search trainers pruning tests experiments bench
