@@ -7,11 +7,12 @@ the trials), take the threshold at the first valley of the γ histogram, cut the
 with `pruning.surgery.prune`, fine-tune the smaller network `finetune_epochs` epochs at
 `finetune_lr` without regularizer, and measure test accuracy before pruning, right after it and
 after fine-tuning, FLOPs and parameters before and after, and the median inference latency of
-both networks (batch 1 and eval_batch_size, on the training device).
+both networks as deployed (eval mode, BN folded into its conv; batch 1 and eval_batch_size, on the
+training device, the two timed in turn) with the measured speed-up beside the ideal 1/(1 − F).
 
 Written to `output_dir`:
-- `pruned_model.pt2` - the fine-tuned pruned network as a `torch.export` program (CPU, eval mode,
-  any batch size). It loads without this project's code:
+- `pruned_model.pt2` - the fine-tuned pruned network as a `torch.export` program (CPU, eval mode
+  with BN folded into its conv, any batch size). It loads without this project's code:
 
       import torch
       model = torch.export.load("pruned_model.pt2").module()
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from pruning.flops import count_flops
+from pruning.fold import fold_bn
 from pruning.surgery import prune
 from trainers.config import Config
 from trainers.loop import (
@@ -58,7 +60,8 @@ EXPORT_NAME = "pruned_model.pt2"
 
 @dataclass
 class FinalResult:
-    """The numbers of a final job; latencies are {batch size: median milliseconds}."""
+    """The numbers of a final job; latencies are {batch size: median milliseconds}, `speedup` is
+    {batch size: latency before / latency after}, to compare with `ideal_speedup` = 1/(1 − F)."""
 
     acc_before_pruning: float
     acc_after_pruning: float
@@ -75,6 +78,13 @@ class FinalResult:
     pruned_model: nn.Module = field(repr=False)
     example_input: torch.Tensor = field(repr=False)
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    speedup: dict[int, float] = field(default_factory=dict)  # derived from the latencies
+    ideal_speedup: float = math.nan  # derived from flops_reduction
+
+    def __post_init__(self) -> None:
+        shared = sorted(set(self.latency_ms_before) & set(self.latency_ms_after))
+        self.speedup = {b: self.latency_ms_before[b] / self.latency_ms_after[b] for b in shared}
+        self.ideal_speedup = 1.0 / (1.0 - self.flops_reduction) if self.flops_reduction < 1 else math.inf
 
     def summary(self) -> dict[str, Any]:
         """The job's numbers as JSON-able values (final.json, result.json): every field but the
@@ -139,10 +149,11 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
 
     flops_before, flops_after = count_flops(model, input_shape), count_flops(pruned, input_shape)
     batch_sizes = sorted({1, config.eval_batch_size})
-    latency_before, latency_after = (
-        {b: measure_latency(m, input_shape, b, config.latency_runs, config.channels_last) for b in batch_sizes}
-        for m in (model, pruned)
-    )
+    deployed = [deploy(m) for m in (model, pruned)]
+    latencies = {b: measure_latencies(deployed, input_shape, b, config.latency_runs, config.channels_last)
+                 for b in batch_sizes}  # fmt: skip
+    latency_before, latency_after = ({b: ms[i] for b, ms in latencies.items()} for i in (0, 1))
+    flops_reduction = 1.0 - flops_after / flops_before
 
     example = next(iter(splits.test))[0][:2].detach().cpu().contiguous()
     model_path = output / EXPORT_NAME
@@ -152,7 +163,7 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
 
     result = FinalResult(
         acc_before_pruning=acc_before, acc_after_pruning=acc_after_pruning, acc_after_finetune=acc_after_finetune,
-        flops_before=flops_before, flops_after=flops_after, flops_reduction=1.0 - flops_after / flops_before,
+        flops_before=flops_before, flops_after=flops_after, flops_reduction=flops_reduction,
         params_before=_params(model), params_after=_params(pruned), latency_ms_before=latency_before,
         latency_ms_after=latency_after, threshold=threshold, model_path=model_path, pruned_model=pruned,
         example_input=example, history=history,
@@ -161,36 +172,57 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
     return result
 
 
+def deploy(model: nn.Module) -> nn.Module:
+    """`model` as it is exported: an eval-mode copy with BN folded into the conv before it (the same
+    function; on CPU a BN costs a pass over memory, bench/bench_speed.py), or a plain eval-mode copy
+    of a model torch.fx cannot trace."""
+    try:
+        return fold_bn(model)
+    except ValueError:
+        return copy.deepcopy(model).eval()
+
+
 def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Save a CPU copy of `model` in eval mode as a torch.export program whose batch size is free."""
-    module = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    """Save a CPU copy of `model` in eval mode, BN folded, as a torch.export program whose batch size is free."""
+    module = deploy(copy.deepcopy(model).cpu()).to(memory_format=torch.contiguous_format)
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(module, (example.cpu(),), dynamic_shapes=({0: batch},))
     torch.export.save(program, path)
 
 
-@torch.inference_mode()
 def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int, runs: int,
                     channels_last: bool = False, warmup: int = 2) -> float:  # fmt: skip
     """Median milliseconds of one forward pass of a random batch, in eval mode on the model's device."""
-    device = next(model.parameters()).device
+    return measure_latencies([model], input_shape, batch_size, runs, channels_last, warmup)[0]
+
+
+@torch.inference_mode()
+def measure_latencies(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int, runs: int,
+                      channels_last: bool = False, warmup: int = 2) -> list[float]:  # fmt: skip
+    """Median milliseconds of one forward pass of a random batch through each model (eval mode, on
+    the first model's device), the models run in turn in every round (A B A B ...) so that a busy
+    machine slows them alike and their ratio holds."""
+    device = next(models[0].parameters()).device
     x = torch.randn(batch_size, *input_shape, device=device)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
-    times = []
+    modes = [m.training for m in models]
+    times: list[list[float]] = [[] for _ in models]
     try:
+        for m in models:
+            m.eval()
         for i in range(warmup + runs):
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+            for model, own in zip(models, times, strict=True):
+                sync()
+                start = time.perf_counter()
+                model(x)
+                sync()
+                if i >= warmup:
+                    own.append(time.perf_counter() - start)
     finally:
-        model.train(was_training)
-    return 1000.0 * statistics.median(times)
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+    return [1000.0 * statistics.median(own) for own in times]
 
 
 def _params(model: nn.Module) -> int:

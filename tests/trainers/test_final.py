@@ -43,6 +43,8 @@ def test_the_exported_model_has_the_reported_flops_and_accuracy(final):
     assert accuracy > 0.15  # chance is 0.1
     one = loaded(next(iter(splits.test))[0][:1])  # any batch size
     assert one.shape == (1, splits.num_classes)
+    program = torch.export.load(result.model_path)  # exported as deployed: BN folded into the convs
+    assert not any("batch_norm" in str(node.target) for node in program.graph.nodes)
 
 
 def test_the_summary_and_the_reports(final):
@@ -54,6 +56,13 @@ def test_the_summary_and_the_reports(final):
     assert summary["config"] == config.to_dict() and summary["lam"] == SMOKE_LAM
     assert set(result.latency_ms_before) == set(result.latency_ms_after) == {1, config.eval_batch_size}
     assert all(ms > 0 for ms in [*result.latency_ms_before.values(), *result.latency_ms_after.values()])
+    assert summary["ideal_speedup"] == pytest.approx(1 / (1 - result.flops_reduction))
+    for batch in (1, config.eval_batch_size):
+        want = result.latency_ms_before[batch] / result.latency_ms_after[batch]
+        assert summary["speedup"][str(batch)] == pytest.approx(want)
+    metrics = result.metrics()
+    assert metrics["ideal_speedup"] == summary["ideal_speedup"]
+    assert metrics[f"speedup_b{config.eval_batch_size}"] == pytest.approx(result.speedup[config.eval_batch_size])
     assert [r["phase"] for r in reported] == ["train"] * config.epochs + ["finetune"] * config.finetune_epochs
     assert reported == result.history
     assert (output / "pruned_state_dict.pt").is_file() and (output / "model.pt").is_file()
