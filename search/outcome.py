@@ -45,12 +45,13 @@ class TrialRow:
     id: int  # the proposal's id
     lam: float
     t: float
-    flops_reduction: float | None
-    status: str  # the trial's: stable | max_epochs | failed
+    flops_reduction: float | None  # the stable F; for a trial decided early, the forecast the strategy was told
+    status: str  # the trial's: stable | max_epochs | decided | failed
     epochs: int | None = None
     val_accuracy: float | None = None
     message: str = ""
     trial_id: str | None = None  # Ray Tune's
+    decided: str | None = None  # above | below: the side of the strategy's window it stopped on early
 
     @classmethod
     def of(cls, trial: Any, reported: dict[str, Any] | None, trial_id: str | None) -> TrialRow:
@@ -60,7 +61,7 @@ class TrialRow:
         return cls(id=trial.id, lam=trial.lam, t=trial.t, flops_reduction=trial.flops_reduction,
                    status="failed" if trial.failed else status, epochs=_int(reported.get("epoch")),
                    val_accuracy=_finite(reported.get("val_accuracy")), message=str(reported.get("message") or ""),
-                   trial_id=trial_id)  # fmt: skip
+                   trial_id=trial_id, decided=trial.decided)  # fmt: skip
 
 
 @dataclass

@@ -39,6 +39,7 @@ class SearchSettings:
     t_step: float = T_STEP
     max_trials: int = MAX_TRIALS
     seed: int = 0  # the seed of a strategy that draws (optuna)
+    early_decisions: bool = True  # stop a trial once the side of the strategy's window is known (issue 13)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -71,6 +72,10 @@ def settings_from(values: dict[str, Any]) -> SearchSettings:
 
 
 def _coerce(name: str, value: Any, kind: str) -> Any:
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be true or false, got {value!r}")
+        return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise SettingsError(f"{name} must be a finite number, got {value!r}")

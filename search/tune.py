@@ -11,6 +11,7 @@ Starting (or joining) the Ray all this runs on is `search.ray_cluster`'s job.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -59,16 +60,20 @@ class AskTellSearcher(Searcher):
         if proposal is WAIT:
             return None
         self.proposals[trial_id] = proposal.id
-        return {"lam": proposal.lam, "t": proposal.t, "proposal": proposal.id}
+        window = self.strategy.window(proposal)
+        return {"lam": proposal.lam, "t": proposal.t, "proposal": proposal.id,
+                "window": None if window is None else list(window)}  # fmt: skip
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.proposals or trial_id in self._told:
             return  # not ours, or told already
         self._told.add(trial_id)
-        value = None if error or not result else result.get(self.metric)
+        result = {} if error or not result else result
+        decided = result.get("decided") or None
+        value = result.get("forecast") if decided else result.get(self.metric)  # decided: the stable F forecast
         if value is not None and not math.isfinite(float(value)):
             value = None
-        self.strategy.tell(self.proposals[trial_id], value)
+        self.strategy.tell(self.proposals[trial_id], value, decided=decided)
 
     def save(self, checkpoint_path: str) -> None:
         """The strategy's `state_dict()` and the trial ids, as JSON, written atomically."""
@@ -111,7 +116,9 @@ def polarized_trial(params: dict[str, Any], base: Any) -> None:
         def report(metrics: dict[str, Any]) -> None:
             tune.report(epoch_metrics(metrics, lam, t), checkpoint=tune.Checkpoint.from_directory(work))
 
-        result = run_trial(base, lam, t, report=report, checkpoint_dir=work)
+        window = params.get("window")
+        decide = None if window is None else decider(tuple(window), base.max_epochs)
+        result = run_trial(base, lam, t, report=report, checkpoint_dir=work, decide=decide)
         tune.report(final_metrics(result, lam, t))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -128,12 +135,33 @@ def epoch_metrics(metrics: dict[str, Any], lam: float, t: float) -> dict[str, An
     return row
 
 
+def decider(window: tuple[float, float], max_epochs: int) -> Callable:
+    """The `decide` of run_trial for a strategy asking about `window` (search.strategies.early)."""
+    from search.strategies.early import decide
+
+    def decide_trial(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+        decision = decide(window, [h["flops_reduction"] for h in history], max_epochs)
+        if decision is None:
+            return None
+        return {**dataclasses.asdict(decision), "window": list(window)}
+
+    return decide_trial
+
+
 def final_metrics(result: Any, lam: float, t: float) -> dict[str, Any]:
-    """The last report of a trial: its stable F (NaN if it failed), status, epochs and message."""
+    """The last report of a trial: its stable F (NaN if it failed), status, epochs and message; for a
+    trial decided early, F where it stopped, the side, and the forecast of its stable F."""
     last_loss = result.history[-1].get("loss") if result.history else None
-    return {"lam": lam, "t": t, "epoch": int(result.epochs), "flops_reduction": _number(result.flops_reduction),
-            "val_accuracy": _number(result.val_accuracy), "threshold": _number(result.threshold),
-            "loss": _number(last_loss), "status": str(result.status), "message": str(result.message or "")}
+    row = {"lam": lam, "t": t, "epoch": int(result.epochs), "flops_reduction": _number(result.flops_reduction),
+           "val_accuracy": _number(result.val_accuracy), "threshold": _number(result.threshold),
+           "loss": _number(last_loss), "status": str(result.status), "message": str(result.message or "")}
+    decision = result.decision
+    if decision is not None:
+        low, high = decision["window"]
+        row.update(decided=decision["side"], forecast=decision["forecast"], message=(
+            f"decided {decision['side']} [{low:.3f}, {high:.3f}] at epoch {decision['epoch']}: F={decision['flops_reduction']:.3f}, "
+            f"stable F within [{decision['low']:.3f}, {decision['high']:.3f}]"))
+    return row
 
 
 def _number(value: Any) -> float:

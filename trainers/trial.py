@@ -41,7 +41,7 @@ from pruning.threshold import all_gammas, first_valley
 from trainers import loop, models
 from trainers.config import Config, cache_root
 
-STABLE, MAX_EPOCHS, FAILED = "stable", "max_epochs", "failed"
+STABLE, MAX_EPOCHS, FAILED, DECIDED = "stable", "max_epochs", "failed", "decided"
 # What a trial reports after every epoch (to the search, the CLI and MLflow); its records hold more.
 REPORTED = ("epoch", "flops_reduction", "threshold", "val_accuracy", "loss")
 CHECKPOINT = "trial.pt"
@@ -53,13 +53,15 @@ _NOT_TRAJECTORY = frozenset({
 })  # fmt: skip
 
 Report = Callable[[dict[str, Any]], Any]
+# Given the history so far, a decision that ends the trial early (a dict with its reason), or None.
+Decide = Callable[[list[dict[str, Any]]], dict[str, Any] | None]
 
 
 @dataclass
 class TrialResult:
     """The outcome of a trial; `flops_reduction` is NaN when it failed."""
 
-    status: str  # "stable" | "max_epochs" | "failed"
+    status: str  # "stable" | "max_epochs" | "decided" | "failed"
     flops_reduction: float
     threshold: float | None
     val_accuracy: float
@@ -67,11 +69,15 @@ class TrialResult:
     history: list[dict[str, Any]]
     message: str = ""
     model_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    decision: dict[str, Any] | None = None  # what `decide` returned when it ended the trial
 
 
 def run_trial(config: Config, lam: float, t: float, report: Report | None = None,
-              checkpoint_dir: str | os.PathLike | None = None, splits: Any = None) -> TrialResult:  # fmt: skip
-    """Train with λ·R(γ; t) until F is stable or `max_epochs`; report every epoch (see module doc)."""
+              checkpoint_dir: str | os.PathLike | None = None, splits: Any = None,
+              decide: Decide | None = None) -> TrialResult:  # fmt: skip
+    """Train with λ·R(γ; t) until F is stable or `max_epochs`; report every epoch (see module doc).
+
+    `decide(history)` may end the trial earlier (status "decided"): the search knows its answer."""
     loop.check_lam_t(lam, t)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -91,6 +97,13 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
     key = {**{k: v for k, v in config.to_dict().items() if k not in _NOT_TRAJECTORY}, "lam": lam, "t": t}
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     history, message = _resume(path, key, model, optimizer, scheduler)
+    decision: dict[str, Any] | None = None
+
+    def done() -> bool:
+        nonlocal decision
+        if decide is not None and decision is None and history:
+            decision = decide(history)
+        return decision is not None or is_stable(history, config)
 
     def on_epoch_end(epoch: int, stats: dict[str, Any]) -> bool:
         record = _measure(model, gammas, splits, config, input_shape, original_flops)
@@ -101,19 +114,20 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
             _save(path, key, model, optimizer, scheduler, history)
         if report is not None:
             report(dict(record))
-        return is_stable(history, config)
+        return done()
 
-    if len(history) < config.max_epochs and not is_stable(history, config):
+    if len(history) < config.max_epochs and not done():
         try:
-            loop.train(model, splits.train, optimizer, scheduler, epochs=config.max_epochs, start_epoch=len(history),
-                  penalty=penalty, gammas=gammas, amp=config.amp, compile=config.compile,
-                  on_epoch_end=on_epoch_end)  # fmt: skip
+            loop.train(model, splits.train, optimizer, scheduler, epochs=config.max_epochs,
+                       start_epoch=len(history), penalty=penalty, gammas=gammas, amp=config.amp,
+                       compile=config.compile, on_epoch_end=on_epoch_end)  # fmt: skip
         except loop.DivergedError as error:
             return TrialResult(FAILED, math.nan, None, math.nan, len(history), history, str(error))
     last = history[-1]
-    status = STABLE if is_stable(history, config) else MAX_EPOCHS
+    status = DECIDED if decision is not None else STABLE if is_stable(history, config) else MAX_EPOCHS
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return TrialResult(status, last["flops_reduction"], last["threshold"], last["val_accuracy"], len(history),
-                       history, message, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})  # fmt: skip
+                       history, message, state, decision)  # fmt: skip
 
 
 def is_stable(history: list[dict[str, Any]], config: Config) -> bool:

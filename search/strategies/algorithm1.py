@@ -85,6 +85,13 @@ class Algorithm1(Strategy):
             "t_tried": [],  # t values tried at λ during the t phase
         }
 
+    def window(self, proposal: Any) -> tuple[float, float] | None:
+        """The λ phase asks for the side of the 2δ window, the t phase for that of the δ window."""
+        if not self.settings.early_decisions:
+            return None
+        width = 2 * self.delta if self._s["phase"] == "lambda" else self.delta
+        return self.target - width, self.target + width
+
     def _propose(self) -> list[Point]:
         s = self._s
         if s["phase"] == "lambda":

@@ -68,13 +68,16 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Trial:
-    """One told trial: its proposal's id, (λ, t), the FLOPs reduction it reached (None if it failed), its status."""
+    """One told trial: its proposal's id, (λ, t), the FLOPs reduction it reached (None if it failed), its
+    status, and for a trial decided early (search.strategies.early) the side of the window it stopped on
+    (its F is then the forecast of its stable F)."""
 
     id: int
     lam: float
     t: float
     flops_reduction: float | None
     status: str  # "ok" or "failed"
+    decided: str | None = None  # "above" | "below" | None: trained until F was stable
 
     @property
     def failed(self) -> bool:
@@ -168,15 +171,26 @@ class Strategy(ABC):
         self._outstanding.append(proposal)
         return proposal
 
-    def tell(self, proposal: Proposal | int, flops_reduction: float | None) -> None:
-        """Record the result of an outstanding proposal (given as itself or by its id)."""
+    def window(self, proposal: Proposal) -> tuple[float, float] | None:
+        """The F interval whose side is all this strategy needs to know of `proposal`'s trial, asked
+        right after `ask()`: a trial whose F is known to land outside it may stop early (issue 13).
+        None when early decisions are off. Here: the δ window (only a trial inside it is the answer)."""
+        del proposal
+        if not self.settings.early_decisions:
+            return None
+        return self.target - self.delta, self.target + self.delta
+
+    def tell(self, proposal: Proposal | int, flops_reduction: float | None, decided: str | None = None) -> None:
+        """Record the result of an outstanding proposal (given as itself or by its id); `decided`: the
+        side of `window(proposal)` a trial stopped early on, its F then the forecast of its stable F."""
         proposal = self._outstanding.pop(self._index(proposal))
         value = as_flops(flops_reduction)
-        trial = Trial(proposal.id, proposal.lam, proposal.t, value, "failed" if value is None else "ok")
+        trial = Trial(proposal.id, proposal.lam, proposal.t, value, "failed" if value is None else "ok",
+                      decided if value is not None else None)  # fmt: skip
         self._trials.append(trial)
         if self._reason:
             return  # a late result of a finished search: recorded, nothing more
-        if value is not None and abs(value - self.target) <= self.delta:
+        if value is not None and trial.decided is None and abs(value - self.target) <= self.delta:
             self._finish(CONVERGED, converged=True)
             return
         self._observe(trial)
@@ -185,8 +199,9 @@ class Strategy(ABC):
 
     @property
     def best(self) -> Trial | None:
-        """The successful trial closest to the target so far, or None."""
-        ok = [tr for tr in self._trials if not tr.failed]
+        """The trial with a stable F closest to the target so far, or None (a trial decided early is
+        outside the window the strategy asked about, so never inside δ: never the winner)."""
+        ok = [tr for tr in self._trials if not tr.failed and tr.decided is None]
         return min(ok, key=lambda tr: abs(tr.flops_reduction - self.target), default=None)
 
     @property

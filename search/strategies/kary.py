@@ -32,6 +32,13 @@ class KAry(TwoPhase):
         self._s.update(lam_low=self.settings.lam_low, lam_high=self.settings.lam_high, f_low=None, f_high=None,
                        low_tried=False, high_tried=False, probes=None, round_start=0)
 
+    def window(self, proposal: Any) -> tuple[float, float] | None:
+        """A λ round sorts its trials by the 2δ window, a t round by the δ window."""
+        if not self.settings.early_decisions:
+            return None
+        width = 2 * self.delta if self._s["phase"] == "lambda" else self.delta
+        return self.target - width, self.target + width
+
     def _propose(self) -> list[Point]:
         s = self._s
         s["round_start"] = len(self._trials)  # nothing is outstanding when a round is proposed

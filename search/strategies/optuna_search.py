@@ -58,8 +58,8 @@ class OptunaSearch(Strategy):
     def _observe(self, trial: Trial) -> None:
         del trial  # TPE keeps its model in the study
 
-    def tell(self, proposal: Proposal | int, flops_reduction: float | None) -> None:
-        super().tell(proposal, flops_reduction)
+    def tell(self, proposal: Proposal | int, flops_reduction: float | None, decided: str | None = None) -> None:
+        super().tell(proposal, flops_reduction, decided)
         tr = self._trials[-1]
         self._tell_study(tr, self._numbers.pop(str(tr.id), None))
 

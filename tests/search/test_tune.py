@@ -78,7 +78,7 @@ def through_searcher(searcher: AskTellSearcher, oracle, stop_after: int | None =
             trial_id, (lam, t) = running.pop(0)
             searcher.on_trial_complete(trial_id, {"flops_reduction": oracle(lam, t), "lam": lam, "t": t})
             continue
-        assert set(config) == {"lam", "t", "proposal"}
+        assert set(config) == {"lam", "t", "proposal", "window"}
         assert searcher.proposals[f"trial-{counter}"] == config["proposal"]  # Tune's trial id -> the proposal's id
         asked.append((config["lam"], config["t"]))
         running.append((f"trial-{counter}", (config["lam"], config["t"])))
@@ -120,7 +120,8 @@ def test_failed_trial_is_told_as_a_failed_outcome(result, error):
     config = searcher.suggest("a")
     searcher.on_trial_complete("a", result, error=error)
     assert searcher.strategy.history == [
-        {"id": config["proposal"], "lam": config["lam"], "t": config["t"], "flops_reduction": None, "status": "failed"}
+        {"id": config["proposal"], "lam": config["lam"], "t": config["t"], "flops_reduction": None, "status": "failed",
+         "decided": None}
     ]
     assert isinstance(searcher.suggest("b"), dict)  # the search goes on
 

@@ -1,0 +1,172 @@
+"""The cost of a search on the recorded cpu-quick surface (issue 13): every strategy, with and without
+early decisions, in trials and trial-epochs, side by side on the same replayed trials.
+
+The *replay oracle*: a trial at (λ, t) gets the per-epoch F trajectory interpolated from the recorded
+neighbours (inverse-distance weights over log λ and t, seed 0, experiments/results/px16*.json),
+plus a per-trial offset drawn from the seed-to-seed spread measured there (scaled along the
+trajectory). It stops where a real trial would (trainers.trial.is_stable with cpu-quick's rule).
+
+    python bench/replay.py                       # the full table -> bench/results/search-cost.json
+    python bench/replay.py --quick               # fewer noise seeds (make bench)
+    python bench/replay.py --bounds              # the early-decision bounds from px16.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from search import strategies  # noqa: E402
+from search.settings import SearchSettings  # noqa: E402
+from search.strategies.early import RiseBounds  # noqa: E402
+from search.strategies.replay import replay  # noqa: E402
+from trainers.config import load_config, preset_section  # noqa: E402
+from trainers.trial import is_stable  # noqa: E402
+
+RESULTS = ROOT / "experiments" / "results"
+SURFACES = ("px16.json", "px16-surface.json")
+TARGETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+DELTAS = (0.05, 0.03)
+# (label, strategy, parallel)
+STRATEGIES = (("algorithm1", "algorithm1", 1), ("kary k=2", "kary", 2), ("kary k=4", "kary", 4),
+              ("secant", "secant", 1), ("optuna", "optuna", 1))  # fmt: skip
+
+
+def recorded_rows() -> list[dict]:
+    rows = []
+    for name in SURFACES:
+        path = RESULTS / name
+        if path.is_file():
+            rows += [r for r in json.loads(path.read_text())["rows"] if r["lam"] > 0 and r.get("f_per_epoch")]
+    return rows
+
+
+def seed_spread(rows: list[dict]) -> float:
+    """The standard deviation of the stable F between seeds at the same (λ, t)."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["lam"], r["t"])].append(r["flops_reduction"])
+    deviations = [f - statistics.mean(fs) for fs in groups.values() if len(fs) > 1 for f in fs]
+    return math.sqrt(sum(d * d for d in deviations) / max(1, len(deviations) - 1)) if deviations else 0.0
+
+
+class Surface:
+    """The replay oracle: per-epoch F at any (λ, t), from the recorded seed-0 trajectories."""
+
+    def __init__(self, rows: list[dict], max_epochs: int, sigma: float, seed: int) -> None:
+        self.points = [(math.log10(r["lam"]), r["t"], self._padded(r["f_per_epoch"], max_epochs))
+                       for r in rows if r["seed"] == 0]  # fmt: skip
+        self.sigma, self.rng = sigma, random.Random(seed)
+
+    @staticmethod
+    def _padded(fs: list[float], n: int) -> list[float]:
+        return (list(fs) + [fs[-1]] * n)[:n]
+
+    def __call__(self, lam: float, t: float) -> list[float]:
+        x = math.log10(max(lam, 1e-6))
+        dist = sorted(((((x - px) / 1.5) ** 2 + ((t - pt) / 1.2) ** 2, fs) for px, pt, fs in self.points),
+                      key=lambda item: item[0])[:4]  # fmt: skip
+        if dist[0][0] < 1e-12:
+            mean = dist[0][1]
+        else:
+            weights = [1 / d for d, _ in dist]
+            mean = [sum(w * fs[k] for w, (_, fs) in zip(weights, dist, strict=True)) / sum(weights)
+                    for k in range(len(dist[0][1]))]  # fmt: skip
+        offset, final = self.rng.gauss(0.0, self.sigma), max(mean[-1], 1e-9)
+        return [min(1.0, max(0.0, f + offset * f / final)) for f in mean]
+
+
+def run(seeds: int, max_trials: int) -> dict:
+    rows = recorded_rows()
+    config = load_config("cpu-quick")
+    search = {**preset_section("cpu-quick"), "max_trials": max_trials}
+    sigma = seed_spread(rows)
+
+    def stable(fs):
+        return is_stable([{"flops_reduction": f} for f in fs], config)
+
+    results = []
+    for label, name, parallel in STRATEGIES:
+        for early in (False, True):
+            for delta in DELTAS:
+                for target in TARGETS:
+                    for seed in range(seeds):
+                        settings = SearchSettings(**search, target=target, delta=delta, strategy=name,
+                                                  parallel=parallel, seed=seed, early_decisions=early)  # fmt: skip
+                        surface = Surface(rows, config.max_epochs, sigma, seed=1000 * seed + int(100 * target))
+                        cost = replay(strategies.build(settings), surface, stable, config.max_epochs)
+                        results.append({"strategy": label, "early": early, "delta": delta, "target": target,
+                                        "seed": seed, "trials": cost.trials, "epochs": cost.epochs,
+                                        "rounds": cost.rounds, "converged": cost.converged,
+                                        "decided": cost.decided, "reason": cost.reason})  # fmt: skip
+    return {"rows_recorded": len(rows), "sigma": sigma, "seeds": seeds, "max_trials": max_trials,
+            "settings": search, "commit": _commit(), "results": results}  # fmt: skip
+
+
+def table(record: dict) -> str:
+    """Markdown: per strategy and rule, median trials and trial-epochs, hit rate, epochs vs Algorithm 1 without."""
+    groups = defaultdict(list)
+    for r in record["results"]:
+        groups[(r["strategy"], r["early"], r["delta"])].append(r)
+    lines = []
+    for delta in DELTAS:
+        base = statistics.median(r["epochs"] for r in groups[("algorithm1", False, delta)])
+        lines += [f"\nδ = {delta} (targets {', '.join(map(str, TARGETS))}; {record['seeds']} noise seeds each)\n",
+                  "| strategy | early decisions | trials (median) | rounds (median) | trial-epochs (median) "
+                  "| hit rate | trial-epochs vs Algorithm 1 without |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, _, _ in STRATEGIES:
+            for early in (False, True):
+                rs = groups[(label, early, delta)]
+                epochs = statistics.median(r["epochs"] for r in rs)
+                lines.append(f"| {label} | {'on' if early else 'off'} | {statistics.median(r['trials'] for r in rs):g} "
+                             f"| {statistics.median(r['rounds'] for r in rs):g} | {epochs:g} "
+                             f"| {sum(r['converged'] for r in rs) / len(rs):.2f} | {epochs / base:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout.strip() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20, help="noise seeds per target")
+    parser.add_argument("--max-trials", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="3 noise seeds, no file written")
+    parser.add_argument("--bounds", action="store_true", help="print the early-decision bounds of px16.json")
+    args = parser.parse_args()
+    if args.bounds:
+        rows = [r for r in json.loads((RESULTS / "px16.json").read_text())["rows"] if r["lam"] > 0]
+        spread = max((max(fs) - min(fs) for fs in _by_point(rows).values() if len(fs) > 1), default=0.0)
+        print(RiseBounds.measure([r["f_per_epoch"] for r in rows], 30, round(spread, 3)))
+        return
+    record = run(3 if args.quick else args.seeds, args.max_trials)
+    print(f"{record['rows_recorded']} recorded trials, seed-to-seed σ = {record['sigma']:.3f}")
+    print(table(record))
+    if not args.quick:
+        out = ROOT / "bench" / "results" / "search-cost.json"
+        out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"written: {out}")
+
+
+def _by_point(rows: list[dict]) -> dict:
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["lam"], r["t"])].append(r["flops_reduction"])
+    return groups
+
+
+if __name__ == "__main__":
+    main()
