@@ -155,6 +155,9 @@ class SearchTracker:
         if self._last_epoch.get(trial_id) != (epochs, flops):  # else the history already ends with it
             metrics.append(Metric("flops_reduction", flops, _now(), epochs))
         tags = [RunTag("status", str(result.get("status", ""))), RunTag("message", str(result.get("message", "")))]
+        if result.get("decided"):  # ended early: the side of the window, and the stable F it forecast
+            tags.append(RunTag("decided", str(result["decided"])))
+            metrics.append(Metric("forecast_flops_reduction", _float(result.get("forecast")), _now(), epochs))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         failed = result.get("status") == "failed"
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")

@@ -155,3 +155,17 @@ def test_ui_hint():
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in ui_hint("sqlite:///mlflow.db")
     assert "http://127.0.0.1:5000" in ui_hint("sqlite:///mlflow.db")
     assert ui_hint("http://mlflow:5000") == "MLflow UI: http://mlflow:5000"
+
+
+def test_a_trial_decided_early_is_recorded_as_such(store):
+    tracker = SearchTracker(store, "exp")
+    tracker.start_search({"target": 0.3})
+    for e, f in enumerate([0.2, 0.45, 0.52], 1):
+        tracker.log_epoch("trial-a", epoch(1e-3, 1.2, e, f))
+    tracker.end_trial("trial-a", {**end(1e-3, 1.2, 3, 0.52, status="decided"), "decided": "above",
+                                  "forecast": 0.61, "message": "decided above [0.200, 0.400] at epoch 3"})
+    (run,) = MlflowClient(store).search_runs([tracker.experiment_id], "tags.`polarsearch.kind` = 'trial'")
+    assert run.data.tags["status"] == "decided" and run.data.tags["decided"] == "above"
+    assert run.data.metrics["forecast_flops_reduction"] == pytest.approx(0.61)
+    assert run.data.metrics["flops_reduction"] == pytest.approx(0.52) and run.data.metrics["epochs"] == 3
+    assert run.info.status == "FINISHED"
