@@ -33,7 +33,7 @@ experiment: install
 # pruned-model speed-up: its --quick run; the full table of docs/speed.md is that file's command).
 bench: install
 	for b in bench/bench_*.py; do echo "== $$b"; \
-		case $$b in *bench_speed.py) quick=--quick;; *) quick=;; esac; $(PY) $$b $$quick || exit 1; done
+		case $$b in *bench_speed.py|*bench_search_cost.py) quick=--quick;; *) quick=;; esac; $(PY) $$b $$quick || exit 1; done
 
 # Issue 14: the image over a local Debian base, run end to end (one container, then docker/compose.yaml).
 # Needs a Docker engine and docker-compose; no venv.

@@ -6,9 +6,9 @@ neighbours (inverse-distance weights over log λ and t, seed 0, experiments/resu
 plus a per-trial offset drawn from the seed-to-seed spread measured there (scaled along the
 trajectory). It stops where a real trial would (trainers.trial.is_stable with cpu-quick's rule).
 
-    python bench/replay.py                       # the full table -> bench/results/search-cost.json
-    python bench/replay.py --quick               # fewer noise seeds (make bench)
-    python bench/replay.py --bounds              # the early-decision bounds from px16.json
+    python bench/bench_search_cost.py                       # the full table -> bench/results/search-cost.json
+    python bench/bench_search_cost.py --quick               # fewer noise seeds (make bench)
+    python bench/bench_search_cost.py --bounds              # the early-decision bounds from px16.json
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ budget, the least and the most F_final − F_k seen, widened by the seed-to-seed
     decision = decide((0.4, 0.6), f_per_epoch, max_epochs=30)      # None, or Decision("above", ...)
 
 The default bounds (`CPU_QUICK`) were measured on the 20 recorded `cpu-quick` trajectories of
-experiments/results/px16.json (`python bench/replay.py --bounds` recomputes them); for another
+experiments/results/px16.json (`python bench/bench_search_cost.py --bounds` recomputes them); for another
 preset they are applied by fraction of its epoch budget, an assumption stated in the README.
 Pure Python: no torch, no Ray.
 """
@@ -78,7 +78,7 @@ class Decision:
     high: float
 
 
-# Measured: `python bench/replay.py --bounds` on experiments/results/px16.json (20 cpu-quick trials,
+# Measured: `python bench/bench_search_cost.py --bounds` on experiments/results/px16.json (20 cpu-quick trials,
 # 19 with λ > 0, 30-epoch budget); margin = the largest seed-to-seed difference of the stable F there.
 CPU_QUICK = RiseBounds(
     fractions=(0.0333, 0.0667, 0.1, 0.1333, 0.1667, 0.2, 0.2333, 0.2667, 0.3, 0.3333, 0.3667, 0.4, 0.4333,

@@ -6,7 +6,7 @@ count trials and trial-epochs — with or without deciding trials early (search.
 `stable(fs)` is the trial's own stopping rule (trainers.trial.is_stable in the bench); a trial stops
 at the first epoch it holds, or at `max_epochs`. Proposals outstanding together (kary's rounds,
 Optuna's batch) are trained side by side and told in order. Pure Python: the recorded surface that
-gives `trajectory` lives in bench/replay.py.
+gives `trajectory` lives in bench/bench_search_cost.py.
 """
 
 from __future__ import annotations
