@@ -1,4 +1,13 @@
-"""The pruning threshold: the first valley of the histogram of |γ| (§3.3)."""
+"""The pruning threshold: the first valley of the histogram of |γ| (§3.3), global or per layer.
+
+§3.3 draws one histogram and does not say of which γ. `threshold_scope` picks:
+- "global": one histogram of all the network's γ, one threshold (`first_valley(all_gammas(...))`);
+- "per_layer": one histogram and threshold per BN layer (`per_layer_thresholds`), as the authors'
+  code does (github.com/polarizationpruning/PolarizationPruning: cifar/resprune_gate.py and
+  cifar/vggprune_gate.py call `search_threshold` in cifar/models/common.py once per layer; on
+  ImageNet `ThresholdPruner` in imagenet/models/common.py does the same). Their rule is ours:
+  100 bins over [0, 1], the first bin i+1 with count ≤ both neighbours, its left edge.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +44,12 @@ def first_valley(gammas: torch.Tensor, bin_width: float = 0.01, upper: float = 1
         if counts[j] <= counts[j - 1] and counts[j] <= counts[j + 1]:
             return j * width
     return None
+
+
+def per_layer_thresholds(gammas: list[torch.Tensor], bin_width: float = 0.01,
+                         upper: float = 1.0) -> list[float | None]:
+    """The first valley of each layer's own γ histogram (None for a layer without one: it keeps all)."""
+    return [first_valley(g, bin_width, upper) for g in gammas]
 
 
 def all_gammas(gammas: list[torch.Tensor]) -> torch.Tensor:

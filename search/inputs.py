@@ -42,6 +42,11 @@ CONFIG_FLAGS = {
     "warm_start_epochs": "start every trial from an unregularized baseline trained this many epochs (cached)",
     "threads": "torch CPU threads per process",
     "cache_dir": "cache of decoded datasets and baselines (default $POLARSEARCH_CACHE or ~/.cache/polarsearch)",
+    "threshold_scope": "global: one γ histogram for the network; per_layer: one per BN layer (the authors')",
+    "prunable_set": "all: every prunable BN; authors: the BNs the authors' code polarizes and prunes",
+    "regularizer": "the sparsity term on γ: polarization, l1 (Network Slimming) or none",
+    "baseline": "none (the paper's method), slimming (l1, percentile threshold) or uniform (width × w)",
+    "baseline_flops": "the FLOPs reduction a slimming or uniform baseline is asked for",
 }
 # Search settings that have a flag beside --target-flops (the CLI adds each one's default).
 SETTINGS_FLAGS = {

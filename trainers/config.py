@@ -30,6 +30,9 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 SECTION = "search"  # a preset's section of search settings (search.settings), not Config fields
 SCHEDULES = ("cosine", "step")
 REGULARIZERS = ("polarization", "l1", "none")
+THRESHOLD_SCOPES = ("global", "per_layer")
+PRUNABLE_SETS = ("all", "authors")  # pruning.prunable.PRUNABLE_SETS
+BASELINES = ("none", "slimming", "uniform")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -72,6 +75,12 @@ class Config:
     gamma_init: float = 0.5  # γ₀ ("initialised to 0.5")
     gamma_lr: float | None = None  # None: the same learning rate as the weights
     lam_warmup_epochs: int = 0  # λ ramps in linearly over these epochs; 0: full λ from the start
+    # --- which γ, which threshold (pruning.prunable, pruning.threshold; the paper is silent, §3.3)
+    threshold_scope: str = "global"  # global: one γ histogram of the network | per_layer: one per BN (authors)
+    prunable_set: str = "all"  # all: every prunable BN | authors: the BNs the authors' code polarizes and prunes
+    # --- the baselines of the paper's Table 3 (trainers.baselines); none: the paper's method
+    baseline: str = "none"  # slimming: L1 + percentile threshold | uniform: every width × w, no pruning
+    baseline_flops: float = 0.5  # the FLOPs reduction a baseline is asked for (percentile / width chosen to give it)
     # --- the trial: train until F is stable (§3.3)
     max_epochs: int = 30  # the paper's 30 epochs on ImageNet
     min_epochs: int = 5
@@ -250,6 +259,16 @@ def _check_values(c: Config) -> None:
         (0 <= c.gamma_init <= c.gamma_upper, f"gamma_init must be in [0, gamma_upper], got {c.gamma_init}"),
         (c.gamma_lr is None or c.gamma_lr > 0, f"gamma_lr must be > 0, got {c.gamma_lr}"),
         (c.lam_warmup_epochs >= 0, f"lam_warmup_epochs must be >= 0, got {c.lam_warmup_epochs}"),
+        (c.threshold_scope in THRESHOLD_SCOPES,
+         f"threshold_scope must be one of {', '.join(THRESHOLD_SCOPES)}, got {c.threshold_scope!r}"),
+        (c.prunable_set in PRUNABLE_SETS,
+         f"prunable_set must be one of {', '.join(PRUNABLE_SETS)}, got {c.prunable_set!r}"),
+        (c.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}, got {c.baseline!r}"),
+        (0 < c.baseline_flops < 1, f"baseline_flops must be in (0, 1), got {c.baseline_flops}"),
+        (c.baseline != "slimming" or c.regularizer == "l1",
+         f"baseline slimming is Network Slimming: it needs regularizer l1, got {c.regularizer!r}"),
+        (c.baseline != "uniform" or c.regularizer == "none",
+         f"baseline uniform trains a narrower network without pruning: it needs regularizer none, got {c.regularizer!r}"),
         (c.max_epochs >= 1, f"max_epochs must be >= 1, got {c.max_epochs}"),
         (c.max_epochs <= c.epochs,
          f"max_epochs ({c.max_epochs}) must be <= epochs ({c.epochs}): a trial is the start of the full run"),

@@ -42,6 +42,7 @@ from torch import nn
 
 from pruning.flops import count_flops
 from pruning.fold import fold_bn
+from pruning.prunable import prunable_bns
 from pruning.surgery import prune
 from trainers.config import Config
 from trainers.loop import (
@@ -53,7 +54,8 @@ from trainers.loop import (
     resolve_device,
     train,
 )
-from trainers.trial import Report, load_splits, pruning_threshold, start_model
+from trainers.pruning_rule import choose, reference_flops
+from trainers.trial import Report, load_splits, start_model
 
 EXPORT_NAME = "pruned_model.pt2"
 
@@ -136,8 +138,11 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
           gammas=gammas, amp=config.amp, compile=config.compile, on_epoch_end=log("train"))  # fmt: skip
     acc_before, _ = evaluate(model, splits.test, config.amp)
 
-    threshold = pruning_threshold(gammas, config)
-    pruned = prune(model, threshold, input_shape) if threshold is not None else copy.deepcopy(model)
+    # The paper's rule, or a baseline's (trainers.pruning_rule); a uniform baseline prunes nothing.
+    full_flops = reference_flops(config, model, input_shape, splits.num_classes)
+    choice = choose(model, prunable_bns(model, config.prunable_set), config, input_shape, full_flops)
+    threshold = choice.summary
+    pruned = prune(model, choice.threshold, input_shape) if choice.threshold is not None else copy.deepcopy(model)
     acc_after_pruning, _ = evaluate(pruned, splits.test, config.amp)
     if config.finetune_epochs > 0:
         optimizer = make_optimizer(pruned, config, lr=config.finetune_lr, gamma_lr=config.finetune_lr)
@@ -147,7 +152,7 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
               amp=config.amp, compile=config.compile, on_epoch_end=log("finetune"))  # fmt: skip
     acc_after_finetune, _ = evaluate(pruned, splits.test, config.amp)
 
-    flops_before, flops_after = count_flops(model, input_shape), count_flops(pruned, input_shape)
+    flops_before, flops_after = full_flops, count_flops(pruned, input_shape)
     batch_sizes = sorted({1, config.eval_batch_size})
     deployed = [deploy(m) for m in (model, pruned)]
     latencies = {b: measure_latencies(deployed, input_shape, b, config.latency_runs, config.channels_last)

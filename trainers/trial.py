@@ -33,13 +33,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.flops import count_flops
-from pruning.prunable import scaling_factors
+from pruning.prunable import polarized_bns, prunable_bns, scaling_factors
 from pruning.regularizers import init_scaling_factors_
-from pruning.surgery import prune
-from pruning.threshold import all_gammas, first_valley
-from trainers import loop, models
+from trainers import baselines, loop, models
 from trainers.config import Config, cache_root
+from trainers.pruning_rule import choose, pruning_threshold, reference_flops  # noqa: F401 - the trial's rule
 
 STABLE, MAX_EPOCHS, FAILED, DECIDED = "stable", "max_epochs", "failed", "decided"
 # What a trial reports after every epoch (to the search, the CLI and MLflow); its records hold more.
@@ -88,7 +86,8 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
     except loop.DivergedError as error:  # training the warm-start baseline
         return TrialResult(FAILED, math.nan, None, math.nan, 0, [], f"warm-start baseline: {error}")
     input_shape = tuple(splits.input_shape)
-    original_flops = count_flops(model, input_shape)
+    original_flops = reference_flops(config, model, input_shape, splits.num_classes)
+    bns = prunable_bns(model, config.prunable_set)
     steps = len(splits.train)
     optimizer = loop.make_optimizer(model, config, gammas=gammas)
     scheduler = loop.make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
@@ -106,7 +105,7 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
         return decision is not None or is_stable(history, config)
 
     def on_epoch_end(epoch: int, stats: dict[str, Any]) -> bool:
-        record = _measure(model, gammas, splits, config, input_shape, original_flops)
+        record = _measure(model, bns, splits, config, input_shape, original_flops)
         record.update(epoch=stats["epoch"], loss=stats["loss"], penalty=stats["penalty"], lam=lam, t=t,
                       lam_now=stats["lam"], lr=stats["lr"], seconds=stats["seconds"])  # fmt: skip
         history.append(record)
@@ -138,23 +137,14 @@ def is_stable(history: list[dict[str, Any]], config: Config) -> bool:
     return max(window) - min(window) <= config.f_tol
 
 
-def pruning_threshold(gammas: list[torch.Tensor], config: Config) -> float | None:
-    """The first valley of the histogram of all γ of the model (§3.3); None when there is none."""
-    return first_valley(all_gammas(gammas), config.bin_width, config.gamma_upper)
-
-
-def _measure(model: nn.Module, scaling: list[torch.Tensor], splits: Any, config: Config,
+def _measure(model: nn.Module, bns: list[nn.Module], splits: Any, config: Config,
              input_shape: tuple[int, ...], original_flops: int) -> dict[str, Any]:  # fmt: skip
-    """Threshold, F of the model `prune` would produce, and accuracy on the val (else test) split."""
-    gammas = all_gammas(scaling)
-    threshold = first_valley(gammas, config.bin_width, config.gamma_upper)
-    flops_reduction, below = 0.0, 0.0
-    if threshold is not None:
-        flops_reduction = 1.0 - count_flops(prune(model, threshold, input_shape), input_shape) / original_flops
-        below = (gammas.abs() < threshold).float().mean().item()
+    """Threshold (per-layer: their median), F of the model `prune` would produce (trainers.pruning_rule),
+    and accuracy on the val (else test) split."""
+    choice = choose(model, bns, config, input_shape, original_flops)
     accuracy, loss = loop.evaluate(model, splits.val if splits.val is not None else splits.test, config.amp)
-    return {"flops_reduction": flops_reduction, "threshold": threshold, "val_accuracy": accuracy,
-            "val_loss": loss, "gammas_below_threshold": below}  # fmt: skip
+    return {"flops_reduction": choice.flops_reduction, "threshold": choice.summary, "val_accuracy": accuracy,
+            "val_loss": loss, "gammas_below_threshold": choice.below}  # fmt: skip
 
 
 def load_splits(config: Config, device: torch.device) -> Any:
@@ -171,14 +161,20 @@ def load_splits(config: Config, device: torch.device) -> Any:
 
 
 def start_model(config: Config, splits: Any, device: torch.device) -> tuple[nn.Module, list[torch.Tensor]]:
-    """The seeded model every run of `config` starts from, and its scaling factors: γ = gamma_init
-    (§3.2), or the cached unregularized baseline when warm_start_epochs > 0."""
+    """The seeded model every run of `config` starts from, and the scaling factors the regularizer
+    acts on (those of `prunable_set`): every prunable γ = gamma_init (§3.2; the authors' `bn_init_value`
+    sets every BN), or the cached unregularized baseline when warm_start_epochs > 0. A uniform
+    baseline's model has the width that gives `baseline_flops` (trainers.baselines)."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-    model = models.build(config.model, config.num_classes or splits.num_classes).to(device, memory_format=memory_format)
-    gammas = scaling_factors(model)
-    init_scaling_factors_(gammas, config.gamma_init)
+    num_classes = config.num_classes or splits.num_classes
+    width = 1.0
+    if config.baseline == "uniform":
+        width = baselines.uniform_width(config.model, num_classes, tuple(splits.input_shape), config.baseline_flops)
+    model = models.build(config.model, num_classes, width=width).to(device, memory_format=memory_format)
+    init_scaling_factors_(scaling_factors(model), config.gamma_init)
+    gammas = scaling_factors(polarized_bns(model, config.prunable_set))
     if config.warm_start_epochs > 0:
         model.load_state_dict(_baseline(config, splits, model, gammas))
     return model, gammas
@@ -191,6 +187,8 @@ def _baseline(config: Config, splits: Any, model: nn.Module, gammas: list[torch.
               "momentum", "weight_decay", "bn_weight_decay", "lr_schedule", "lr_milestones", "lr_decay",
               "gamma_init", "gamma_lr", "warm_start_epochs", "amp")  # fmt: skip
     key = {k: config.to_dict()[k] for k in fields}
+    if config.baseline == "uniform":
+        key["baseline_flops"] = config.baseline_flops  # the width
     key["data_dir"] = str(Path(config.data_dir).expanduser().resolve()) if config.data_dir else None
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root(config) / "baselines" / f"{config.model}-{digest}.pt"

@@ -12,12 +12,13 @@ them to 0.5 (§3.2) with `pruning.regularizers.init_scaling_factors_` when it po
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
-ModelFn = Callable[[int], nn.Module]
+ModelFn = Callable[..., nn.Module]  # fn(num_classes) or fn(num_classes, width=1.0)
 
 
 class UnknownModel(KeyError, ValueError):
@@ -55,12 +56,27 @@ def _entry(name: str) -> _Entry:
         raise UnknownModel(f"unknown model {name!r}; available: {', '.join(available())}") from None
 
 
-def build(name: str, num_classes: int) -> nn.Module:
-    """A freshly initialised model `name` with `num_classes` outputs; `UnknownModel` if no such name."""
+def build(name: str, num_classes: int, width: float = 1.0) -> nn.Module:
+    """A freshly initialised model `name` with `num_classes` outputs; `UnknownModel` if no such name.
+
+    `width` multiplies every layer's channel count (uniform channel scaling, the paper's UCS
+    baseline in Table 3); only models whose function takes a `width` argument accept one ≠ 1.
+    """
     entry = _entry(name)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return entry.fn(int(num_classes))
+    if width == 1.0:
+        return entry.fn(int(num_classes))
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    if "width" not in inspect.signature(entry.fn).parameters:
+        raise ValueError(f"model {name!r} has no width multiplier")
+    return entry.fn(int(num_classes), width=float(width))
+
+
+def scaled(channels: int, width: float) -> int:
+    """A layer's channel count × width, rounded, at least 1."""
+    return max(1, round(channels * width))
 
 
 def available() -> list[str]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.models import register
+from trainers.models import register, scaled
 
 
 class ZeroPadShortcut(nn.Module):
@@ -50,14 +50,16 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32×32 images: conv 16 → 3 stages of n blocks (16, 32, 64) → pool → linear."""
+    """ResNet-(6n+2) for 32×32 images: conv 16 → 3 stages of n blocks (16, 32, 64) → pool → linear;
+    every width × `width` (uniform channel scaling)."""
 
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10) -> None:
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        stages, in_channels = [], 16
-        for index, width in enumerate((16, 32, 64)):
+        widths = [scaled(c, width) for c in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, in_channels = [], widths[0]
+        for index, width in enumerate(widths):
             blocks = []
             for b in range(blocks_per_stage):
                 stride = 2 if index > 0 and b == 0 else 1
@@ -66,7 +68,7 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
         _kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,12 +85,12 @@ def _kaiming_init_(model: nn.Module) -> None:
 
 
 @register("resnet20", input_size=32)
-def resnet20(num_classes: int) -> nn.Module:
-    """ResNet-20 (n = 3): 40.55M multiply-adds at 32×32."""
-    return CifarResNet(3, num_classes)
+def resnet20(num_classes: int, width: float = 1.0) -> nn.Module:
+    """ResNet-20 (n = 3): 40.55M multiply-adds at 32×32 (width 1)."""
+    return CifarResNet(3, num_classes, width)
 
 
 @register("resnet56", input_size=32)
-def resnet56(num_classes: int) -> nn.Module:
-    """ResNet-56 (n = 9), the paper's CIFAR ResNet: 125.49M multiply-adds at 32×32 (Table 1)."""
-    return CifarResNet(9, num_classes)
+def resnet56(num_classes: int, width: float = 1.0) -> nn.Module:
+    """ResNet-56 (n = 9), the paper's CIFAR ResNet: 125.49M multiply-adds at 32×32 (Table 1, width 1)."""
+    return CifarResNet(9, num_classes, width)

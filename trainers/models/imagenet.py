@@ -19,6 +19,8 @@ def resnet50(num_classes: int) -> nn.Module:
 
 
 @register("mobilenet_v2", input_size=224)
-def mobilenet_v2(num_classes: int) -> nn.Module:
-    """torchvision's MobileNet-V2 (width 1.0), no pretrained weights."""
-    return models.mobilenet_v2(weights=None, num_classes=num_classes)
+def mobilenet_v2(num_classes: int, width: float = 1.0) -> nn.Module:
+    """torchvision's MobileNet-V2, no pretrained weights; `width` is its width multiplier (channels
+    rounded to multiples of 8, the last 1280 never below 1280). ResNet-50 has none: torchvision's
+    `width_per_group` scales only the bottlenecks' inner width."""
+    return models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainers.models import register
+from trainers.models import register, scaled
 
 VGG16_CFG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
@@ -21,7 +21,7 @@ VGG16_CFG: tuple[int | str, ...] = (
 class CifarVGG(nn.Module):
     """VGG for small images: `cfg` conv widths with "M" max pools, pool to 1×1, BN'd two-layer head."""
 
-    def __init__(self, cfg: tuple[int | str, ...] = VGG16_CFG, num_classes: int = 10) -> None:
+    def __init__(self, cfg: tuple[int | str, ...] = VGG16_CFG, num_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = 3
@@ -29,21 +29,22 @@ class CifarVGG(nn.Module):
             if item == "M":
                 layers.append(nn.MaxPool2d(2, 2))
                 continue
-            width = int(item)
+            channels = scaled(int(item), width)
             layers += [
-                nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
+                nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
                 nn.ReLU(inplace=True),
             ]
-            in_channels = width
+            in_channels = channels
         self.features = nn.Sequential(*layers)
         # 32×32 inputs end at 2×2 (the authors' AvgPool2d(2)), 16×16 inputs at 1×1.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        hidden = scaled(512, width)
         self.classifier = nn.Sequential(
-            nn.Linear(in_channels, 512),
-            nn.BatchNorm1d(512),
+            nn.Linear(in_channels, hidden),
+            nn.BatchNorm1d(hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(512, num_classes),
+            nn.Linear(hidden, num_classes),
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -55,6 +56,6 @@ class CifarVGG(nn.Module):
 
 
 @register("vgg16", input_size=32)
-def vgg16(num_classes: int) -> nn.Module:
-    """VGG-16 for CIFAR (Network Slimming's configuration): 313.46M multiply-adds at 32×32."""
-    return CifarVGG(VGG16_CFG, num_classes)
+def vgg16(num_classes: int, width: float = 1.0) -> nn.Module:
+    """VGG-16 for CIFAR (Network Slimming's configuration): 313.46M multiply-adds at 32×32 (width 1)."""
+    return CifarVGG(VGG16_CFG, num_classes, width)

@@ -1,0 +1,191 @@
+"""Issue 11: the paper's claim checked against L1 (Network Slimming) and uniform width, on cpu-quick.
+
+Every network is trained by the project's own loop (`trainers.loop.train`, from `start_model`) for
+cpu-quick's 30 epochs, then pruned by `trainers.pruning_rule.choose` and fine-tuned 10 epochs (the
+final job's recipe); a uniform-width network is trained 30 + 10 epochs the same way, never pruned.
+Per seed:
+
+- train: `none` (no regularizer), `l1` (λ_L1), `pol_a` / `pol_b` (polarization, λ 7e-4 / 2e-3,
+  t 1.2: F ≈ 0.5 / 0.7 on cpu-quick), `pol_a_authors` (λ 7e-4 over the authors' prunable set);
+- fine-tune at equal F: pol_a and pol_b as pruned (global threshold, all BNs), L1 at the
+  percentile that gives the same seed's polarization F, uniform at the width that gives it;
+- (c) the same trained pol_a / pol_a_authors pruned at the per-layer threshold, and fine-tuned.
+
+Rows (config, seed, commit, numbers, |γ| after training) go to experiments/results/fidelity.json;
+a run already there is skipped, so an interrupted run continues where it stopped. Trained weights
+are cached under $POLARSEARCH_CACHE/fidelity (or ~/.cache/polarsearch/fidelity). Figures, tables
+and the Theorem 3.2 check: experiments/fidelity_report.py.
+
+    python experiments/fidelity.py --data-dir ../shared/data/cifar10 --jobs 2 [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = RESULTS / "fidelity.json"
+PRESET = "cpu-quick"
+LAM_A, LAM_B, LAM_L1, T = 7e-4, 2e-3, 1e-3, 1.2
+TRAIN = {  # kind: Config overrides and λ
+    "none": ({"regularizer": "none"}, 0.0),
+    "l1": ({"regularizer": "l1"}, LAM_L1),
+    "pol_a": ({}, LAM_A),
+    "pol_b": ({}, LAM_B),
+    "pol_a_authors": ({"prunable_set": "authors"}, LAM_A),
+}
+
+
+def jobs(seeds: list[int]) -> list[dict[str, Any]]:
+    """Every run, in the order they start (seed by seed), with the runs each one needs."""
+    out = []
+    for seed in seeds:
+        out += [{"id": f"train/{k}/s{seed}", "kind": "train", "train": k, "seed": seed, "needs": []}
+                for k in ("pol_a", "pol_b", "l1", "pol_a_authors", "none")]  # fmt: skip
+        for pol in ("pol_a", "pol_b"):
+            matched = [f"train/{pol}/s{seed}"]
+            out.append({"id": f"ft/{pol}/global/s{seed}", "kind": "finetune", "train": pol, "seed": seed,
+                        "overrides": {}, "needs": matched})  # fmt: skip
+            out.append({"id": f"ft/l1@{pol}/s{seed}", "kind": "finetune", "train": "l1", "seed": seed,
+                        "overrides": {"baseline": "slimming", "regularizer": "l1"}, "match": matched[0],
+                        "needs": [f"train/l1/s{seed}", *matched]})  # fmt: skip
+            out.append({"id": f"uniform@{pol}/s{seed}", "kind": "uniform", "seed": seed, "match": matched[0],
+                        "needs": matched})  # fmt: skip
+        for pol, sets in (("pol_a", "all"), ("pol_a_authors", "authors")):
+            for scope in ("per_layer", "global") if pol == "pol_a_authors" else ("per_layer",):
+                out.append({"id": f"ft/{pol}/{scope}/s{seed}", "kind": "finetune", "train": pol, "seed": seed,
+                            "overrides": {"threshold_scope": scope, "prunable_set": sets},
+                            "needs": [f"train/{pol}/s{seed}"]})  # fmt: skip
+    return out
+
+
+def run(job: dict[str, Any], data_dir: str, matched_f: float | None, preset: str = PRESET) -> dict[str, Any]:
+    """One run in a worker process (one thread); its row."""
+    import torch
+
+    from pruning.prunable import prunable_bns
+    from trainers import loop
+    from trainers.config import cache_root, load_config
+    from trainers.pruning_rule import choose, reference_flops
+    from trainers.trial import load_splits, start_model
+
+    torch.set_num_threads(1)
+    start = time.time()
+    base = {"data_dir": data_dir, "seed": job["seed"], "threads": 1}
+    if job["kind"] == "uniform":
+        overrides, lam = {"regularizer": "none", "baseline": "uniform", "baseline_flops": round(matched_f, 4)}, 0.0
+    else:
+        overrides, lam = dict(TRAIN[job["train"]][0]), TRAIN[job["train"]][1]
+    config = load_config(preset, {**base, **overrides})
+    cpu = torch.device("cpu")
+    splits = load_splits(config, cpu)
+    steps, shape = len(splits.train), tuple(splits.input_shape)
+    cache = cache_root(config) / "fidelity" / f"{job['id'].replace('/', '_').split('@')[0]}.pt"
+    model, gammas = start_model(config, splits, cpu)
+    train_id = f"train/{job.get('train')}/s{job['seed']}"
+    if job["kind"] == "finetune":
+        model.load_state_dict(torch.load(cache_root(config) / "fidelity" / f"{train_id.replace('/', '_')}.pt"))
+    else:
+        optimizer = loop.make_optimizer(model, config, gammas=gammas)
+        scheduler = loop.make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
+                                        config.lr_decay)  # fmt: skip
+        loop.train(model, splits.train, optimizer, scheduler, epochs=config.epochs, gammas=gammas,
+                   penalty=loop.make_penalty(config, lam, T, steps))  # fmt: skip
+        if job["kind"] == "train":
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), cache)
+    acc_trained, _ = loop.evaluate(model, splits.test)
+    row: dict[str, Any] = {"id": job["id"], "kind": job["kind"], "seed": job["seed"], "lam": lam, "t": T,
+                           "acc_trained": acc_trained}  # fmt: skip
+    if job["kind"] == "train":
+        bns = prunable_bns(model, config.prunable_set)
+        row["gammas"] = [round(float(v), 5) for bn in prunable_bns(model) for v in bn.weight.detach().abs()]
+        full = reference_flops(config, model, shape, splits.num_classes)
+        if job["train"].startswith("pol"):  # (c): F and accuracy right after pruning, both scopes
+            for scope in ("global", "per_layer"):
+                scoped = dataclasses.replace(config, threshold_scope=scope)
+                choice = choose(model, bns, scoped, shape, full)
+                row[f"F_{scope}"] = choice.flops_reduction
+                row[f"threshold_{scope}"] = choice.summary
+        row["config"] = config.to_dict()
+    else:
+        if job["kind"] == "finetune":
+            config = load_config(preset, {**base, **overrides, **job["overrides"],
+                                          "baseline_flops": round(matched_f, 4) if matched_f is not None else 0.5})  # fmt: skip
+        pruned, row["F"], row["threshold"] = _prune(model, config, shape, splits.num_classes)
+        row["acc_pruned"], _ = loop.evaluate(pruned, splits.test)
+        optimizer = loop.make_optimizer(pruned, config, lr=config.finetune_lr, gamma_lr=config.finetune_lr)
+        scheduler = loop.make_scheduler(optimizer, config.finetune_schedule or config.lr_schedule,
+                                        config.finetune_epochs, steps, config.lr_milestones, config.lr_decay)
+        loop.train(pruned, splits.train, optimizer, scheduler, epochs=config.finetune_epochs)
+        row["acc_finetuned"], _ = loop.evaluate(pruned, splits.test)
+        row["config"] = config.to_dict()
+    row["seconds"] = round(time.time() - start, 1)
+    return row
+
+
+def _prune(model: Any, config: Any, shape: tuple[int, ...], num_classes: int) -> tuple[Any, float, float | None]:
+    import copy
+
+    from pruning.flops import count_flops
+    from pruning.prunable import prunable_bns
+    from pruning.surgery import prune
+    from trainers.pruning_rule import choose, reference_flops
+
+    full = reference_flops(config, model, shape, num_classes)
+    choice = choose(model, prunable_bns(model, config.prunable_set), config, shape, full)
+    pruned = prune(model, choice.threshold, shape) if choice.threshold is not None else copy.deepcopy(model)
+    return pruned, 1.0 - count_flops(pruned, shape) / full, choice.summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--preset", default=PRESET, help="smoke: check the pipeline in minutes")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    rows = {r["id"]: r for r in json.loads(args.out.read_text())["rows"]} if args.out.is_file() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=RESULTS.parent).stdout.strip()  # fmt: skip
+    todo = [j for j in jobs(args.seeds) if j["id"] not in rows]
+    running: dict[Any, dict[str, Any]] = {}
+    with ProcessPoolExecutor(args.jobs) as pool:
+        while todo or running:
+            for job in [j for j in todo if all(n in rows for n in j["needs"])][: args.jobs - len(running)]:
+                match = rows[job["match"]]["F_global"] if "match" in job else None
+                running[pool.submit(run, job, os.path.abspath(args.data_dir), match, args.preset)] = job
+                todo.remove(job)
+            if not running:
+                raise SystemExit(f"runs whose inputs failed: {[j['id'] for j in todo]}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    row = {**future.result(), "commit": commit}
+                except Exception as error:  # noqa: BLE001 - one failed run is reported, the rest go on
+                    print(f"{job['id']} failed: {type(error).__name__}: {error}", flush=True)
+                    continue
+                rows[row["id"]] = row
+                _write(rows, args.out, args.preset)
+                print(f"{row['id']}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                      if isinstance(v, float) and k not in ("lam", "t")), flush=True)  # fmt: skip
+
+
+def _write(rows: dict[str, dict[str, Any]], out: Path, preset: str) -> None:
+    partial = out.with_name(f".{out.name}.tmp")
+    partial.write_text(json.dumps({"preset": preset, "rows": list(rows.values())}, indent=1) + "\n")
+    os.replace(partial, out)
+
+
+if __name__ == "__main__":
+    main()
