@@ -98,7 +98,7 @@ def run(job: dict[str, Any], data_dir: str, matched_f: float | None, preset: str
         scheduler = loop.make_scheduler(optimizer, config.lr_schedule, config.epochs, steps, config.lr_milestones,
                                         config.lr_decay)  # fmt: skip
         loop.train(model, splits.train, optimizer, scheduler, epochs=config.epochs, gammas=gammas,
-                   penalty=loop.make_penalty(config, lam, T, steps))  # fmt: skip
+                   penalty=loop.make_penalty(config, lam, T, steps), on_epoch_end=_progress(job))  # fmt: skip
         if job["kind"] == "train":
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), cache)
@@ -130,6 +130,13 @@ def run(job: dict[str, Any], data_dir: str, matched_f: float | None, preset: str
         row["config"] = config.to_dict()
     row["seconds"] = round(time.time() - start, 1)
     return row
+
+
+def _progress(job: dict[str, Any]) -> Any:
+    def on_epoch_end(epoch: int, stats: dict[str, Any]) -> bool:
+        print(f"  {job['id']} epoch {stats['epoch']} loss {stats['loss']:.3f}", flush=True)
+        return False
+    return on_epoch_end
 
 
 def _prune(model: Any, config: Any, shape: tuple[int, ...], num_classes: int) -> tuple[Any, float, float | None]:
