@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.outcome import SPEC_FILE, SearchSpec, read_spec
+from search.outcome import SPEC_FILE, SearchSpec
 
 # Config fields that have a flag (--max-epochs for max_epochs), with their one line of help; the
 # rest are set in a preset YAML.
@@ -100,7 +100,8 @@ def check_lam_t(lam: float, t: float) -> None:
 
 
 def search_spec(args: argparse.Namespace) -> SearchSpec:
-    """The SearchSpec of the flags (or of the saved search, with --resume), fully validated."""
+    """The SearchSpec of the flags (or of the saved search, with --resume), fully validated: the
+    cheap checks first, the data's contents (every image decoded once, then cached) last."""
     from search.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI
 
     if args.resume:
@@ -116,6 +117,7 @@ def search_spec(args: argparse.Namespace) -> SearchSpec:
                           experiment=DEFAULT_EXPERIMENT if args.experiment is None else args.experiment,
                           gpus_per_trial=args.gpus_per_trial, skip_final=args.skip_final)  # fmt: skip
     _check_where(spec)
+    check_data(spec.config)
     return spec
 
 
@@ -141,38 +143,47 @@ def _with_seed(settings: Any, seed: int) -> Any:
 
 
 def _saved_spec(args: argparse.Namespace) -> SearchSpec:
-    """The spec of the search saved in --output (default: the newest under outputs/)."""
-    from search.settings import SearchSettings, SettingsError
-    from trainers.config import Config, ConfigError
+    """The spec of the search saved in --output (default: the newest under outputs/): every saved
+    setting restored; a flag given beside --resume must agree with it."""
+    from search.resume import ResumeError, saved_spec
 
     output = args.output or _newest_search(Path("outputs"))
-    if not (output / SPEC_FILE).is_file():
-        raise UsageError(f"--resume: no search saved in {output} (no {SPEC_FILE})")
-    saved = read_spec(output)
     try:
-        config, settings = Config(**saved["config"]), SearchSettings(**saved["settings"])
-    except (ConfigError, SettingsError, TypeError) as error:
-        raise UsageError(f"--resume: {output}/{SPEC_FILE}: {error}") from None
-    return SearchSpec(config=config, settings=settings, output=output, preset=saved["preset"],
-                      ray_address=args.ray_address, mlflow_uri=saved["mlflow_uri"], experiment=saved["experiment"],
-                      gpus_per_trial=args.gpus_per_trial, skip_final=args.skip_final)  # fmt: skip
+        return saved_spec(output, args)
+    except ResumeError as error:
+        raise UsageError(f"--resume: {error}") from None
 
 
 def _check_where(spec: SearchSpec) -> None:
-    """Where the search runs and logs: the GPU share, the MLflow store, the Ray cluster."""
+    """Where the search runs, logs and writes: the GPU share, the device, the MLflow store, the output
+    folder, the Ray cluster (asked as Ray will ask it)."""
+    from search.preflight import PreflightError, check_device, check_mlflow, check_output
     from search.ray_cluster import RayAddressError, check_ray_address
-    from search.tracking import TrackingError, check_uri
 
     gpus = spec.gpus_per_trial
-    if gpus is not None and not (math.isfinite(gpus) and gpus >= 0):
-        raise UsageError(f"--gpus-per-trial must be a number >= 0, got {gpus}")
+    if gpus is not None and not (math.isfinite(gpus) and 0 <= gpus <= 1024):
+        raise UsageError(f"--gpus-per-trial must be a number in [0, 1024], got {gpus}")
     if not spec.experiment:
         raise UsageError("--experiment must not be empty")
     try:
-        check_uri(spec.mlflow_uri)
+        if spec.ray_address is None:  # on a cluster the device is the workers', checked once Ray is up
+            check_device(spec.config.device)
+        check_output(spec.output)
+        check_mlflow(spec.mlflow_uri)
         if spec.ray_address is not None:
             check_ray_address(spec.ray_address)
-    except (TrackingError, RayAddressError) as error:
+    except (PreflightError, RayAddressError) as error:
+        raise UsageError(str(error)) from None
+
+
+def check_data(config: Any) -> None:
+    """The data's contents, as the trials will read them (`trainers.data.verify`)."""
+    from trainers import data
+
+    try:
+        data.verify(config.dataset, config.data_dir, subset=config.subset, val_size=config.val_size,
+                    downsample=config.downsample, seed=config.seed, cache_dir=config.cache_dir)  # fmt: skip
+    except data.DataError as error:
         raise UsageError(str(error)) from None
 
 

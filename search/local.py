@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.inputs import check_lam_t, config_of
+from search.inputs import UsageError, check_data, check_lam_t, config_of
 from search.report import final_lines, fmt
 
 
@@ -24,6 +24,7 @@ def trial_command(args: argparse.Namespace) -> int:
         check_lam_t(args.lam, args.t)
         config = config_of(args)
         output = args.output or Path("outputs") / time.strftime("trial-%Y%m%d-%H%M%S")
+        check_here(config, output)
         import torch
 
         from trainers.trial import REPORTED, run_trial
@@ -55,6 +56,7 @@ def final_command(args: argparse.Namespace) -> int:
     check_lam_t(args.lam, args.t)
     config = config_of(args)
     output = args.output or Path("outputs") / time.strftime("final-%Y%m%d-%H%M%S")
+    check_here(config, output)
     from trainers.final import run_final
 
     def report(stats: dict[str, Any]) -> None:
@@ -66,6 +68,18 @@ def final_command(args: argparse.Namespace) -> int:
                         for b, ms in result.latency_ms_after.items())  # fmt: skip
     print(f"latency: {latency}")
     return 0
+
+
+def check_here(config: Any, output: Path) -> None:
+    """What a job in this process needs besides its Config: its device, a writable output, its data."""
+    from search.preflight import PreflightError, check_device, check_output
+
+    try:
+        check_device(config.device)
+        check_output(output)
+    except PreflightError as error:
+        raise UsageError(str(error)) from None
+    check_data(config)
 
 
 def _json_number(value: Any) -> Any:

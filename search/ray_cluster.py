@@ -10,15 +10,18 @@ it yields gives the per-trial resources (`trial_resources`) and the dashboard li
 from __future__ import annotations
 
 import os
-import socket
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
 # Ray reads this once, when `ray` is imported: "0" keeps a local Ray on the loopback address.
 _LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# In the session folder of an embedded Ray: the mark (pid:start time) of the driver that started it.
+OWNER_FILE = "polarsearch-driver"
 
 
 class RayAddressError(ValueError):
@@ -42,8 +45,11 @@ class RayInfo:
 
 
 def check_ray_address(address: str, timeout: float = 3.0) -> None:
-    """Raise RayAddressError unless `address` (the cluster's GCS, host:port) accepts a TCP connection.
+    """Raise RayAddressError unless a Ray GCS answers at `address` (host:port) within `timeout` seconds.
 
+    The check asks what `ray.init` will ask, where it will ask it: Ray replaces a loopback host by
+    this machine's address, then calls the GCS over gRPC and retries for ever when something else
+    answers (a dashboard port, an HTTP server). A GCS that wants Ray's auth token answers too.
     Ray Client addresses (ray://) are refused: Tune would run this driver's loop, MLflow logging
     included, on the cluster; run polarsearch on a node of the cluster instead.
     """
@@ -53,11 +59,30 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise RayAddressError(f"Ray address {address!r} is not host:port (e.g. 10.0.0.5:6379)")
+    from ray._private.services import canonicalize_bootstrap_address
+
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as error:
-        raise RayAddressError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
+        target = canonicalize_bootstrap_address(address)
+    except (OSError, ValueError) as error:
+        raise RayAddressError(f"cannot resolve the Ray address {address}: {error}") from None
+    _ask_gcs(target, address, timeout)
+
+
+def _ask_gcs(target: str, address: str, timeout: float) -> None:
+    """One GetClusterId call to the GCS at `target`, with a deadline."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    where = address if target == address else f"{address} (Ray connects to {target})"
+    with grpc.insecure_channel(target) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+        except grpc.RpcError as error:
+            if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                return  # a GCS with token auth: ray.init sends the token
+            detail = " ".join((error.details() or str(error.code())).split())[:200]
+            raise RayAddressError(f"no Ray GCS answers at {where}: {detail}") from None
 
 
 @contextmanager
@@ -70,6 +95,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process")
     local = address is None
+    if local:
+        stop_stale_ray()
     with _local_only(local):
         if local:
             context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
@@ -77,6 +104,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         else:
             context = ray.init(address=address, logging_level="warning")
         try:
+            if local:
+                session = Path(ray._private.worker._global_node.get_session_dir_path())
+                (session / OWNER_FILE).write_text(_mark(os.getpid()))
             resources = ray.cluster_resources()
             url = context.dashboard_url
             yield RayInfo(
@@ -89,6 +119,47 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             )
         finally:
             ray.shutdown()
+
+
+def stop_stale_ray() -> int:
+    """SIGKILL the processes of embedded Rays whose driver is gone; returns how many.
+
+    A driver killed with SIGKILL cannot shut its Ray down, and Ray's dashboard and runtime-env agents
+    outlive it (their titles and environments rewritten, their parents gone). What still ties them
+    to their Ray is the session folder their logs are open in; `ray_session` leaves its driver's
+    mark there (`OWNER_FILE`), so the next start stops the processes of sessions whose driver is
+    dead. A session without the mark (a `ray start` cluster) or with a live driver is left alone.
+    Linux (/proc) only.
+    """
+    owners: dict[Path, bool] = {}  # session folder -> stale
+    stopped = 0
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:  # gone, or not ours to read
+            continue
+        sessions = {Path(link[:link.index("/", link.index("/session_") + 1)]) for link in links
+                    if "/session_" in link and "/" in link[link.index("/session_") + 1:]}  # fmt: skip
+        for session in sessions:
+            if session not in owners:
+                mark = (session / OWNER_FILE).read_text() if (session / OWNER_FILE).is_file() else None
+                owners[session] = mark is not None and mark != _mark(int(mark.partition(":")[0] or 0))
+        if any(owners[s] for s in sessions) and int(entry.name) != os.getpid():
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                stopped += 1
+            except OSError:
+                pass
+    return stopped
+
+
+def _mark(pid: int) -> str:
+    """pid:start time of a process ("" when it is gone): a pid the kernel reused gets another mark."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return f"{pid}:{stat.rpartition(')')[2].split()[19]}"
 
 
 def trial_resources(info: RayInfo, gpus_per_trial: float | None = None, parallel: int = 1) -> dict[str, float]:

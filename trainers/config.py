@@ -237,7 +237,7 @@ def _check_values(c: Config) -> None:
         (c.subset is None or c.subset >= 1, f"subset must be >= 1, got {c.subset}"),
         (c.val_size >= 0, f"val_size must be >= 0, got {c.val_size}"),
         (c.downsample >= 1, f"downsample must be >= 1, got {c.downsample}"),
-        (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
+        (0 <= c.seed < 2**32, f"seed must be in [0, 2**32) (the range numpy and optuna draw from), got {c.seed}"),
         (bool(_DEVICE.match(c.device)), f"device must be auto, cpu, cuda, cuda:N or mps, got {c.device!r}"),
         (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
         (c.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {c.eval_batch_size}"),

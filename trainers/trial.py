@@ -123,10 +123,27 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
         except loop.DivergedError as error:
             return TrialResult(FAILED, math.nan, None, math.nan, len(history), history, str(error))
     last = history[-1]
+    dead = dead_network(history, gammas, splits, config.min_epochs)
+    if dead:
+        return TrialResult(FAILED, math.nan, last["threshold"], last["val_accuracy"], len(history), history, dead)
     status = DECIDED if decision is not None else STABLE if is_stable(history, config) else MAX_EPOCHS
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return TrialResult(status, last["flops_reduction"], last["threshold"], last["val_accuracy"], len(history),
                        history, message, state, decision)  # fmt: skip
+
+
+def dead_network(history: list[dict[str, Any]], gammas: list[torch.Tensor], splits: Any, min_epochs: int) -> str:
+    """Why the network a trial ended with measures nothing, or "": every γ clamped to 0 (λ far too
+    large: F near 1 with no network left), or, after `min_epochs`, an accuracy within three standard
+    errors of guessing (1/classes on the evaluated images). Such an F is no result for the search."""
+    if not any(bool(g.detach().ne(0).any()) for g in gammas):
+        return "every scaling factor γ is 0 (clamped): the network is dead, λ is far too large"
+    evaluated = (splits.val if splits.val is not None else splits.test).num_samples
+    chance, accuracy = 1.0 / splits.num_classes, history[-1]["val_accuracy"]
+    if len(history) >= min_epochs and accuracy <= chance + 3.0 * math.sqrt(chance * (1 - chance) / max(1, evaluated)):
+        return (f"accuracy {accuracy:.3f} is at chance level (1/{splits.num_classes} = {chance:.3f} on "
+                f"{evaluated} images): the network learned nothing, so its F means nothing")
+    return ""
 
 
 def is_stable(history: list[dict[str, Any]], config: Config) -> bool:

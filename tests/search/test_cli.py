@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from search.cli import main
-from search.outcome import SearchOutcome, TrialRow
+from search.outcome import SearchOutcome, SearchSpec, TrialRow, write_spec
 from search.report import summary
+from search.settings import SearchSettings
 from search.strategies import Trial
+from trainers.config import load_config, preset_section
 
 
 def _closed_port() -> int:
@@ -24,19 +28,45 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+def _tree(root: Path, classes: dict[str, tuple[int, int]], side: int = 8) -> Path:
+    """An ImageFolder tree of real PNGs: {class: (train images, test images)}."""
+    for name, counts in classes.items():
+        for split, count in zip(("train", "test"), counts, strict=True):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (side, side), (len(name) * 40 % 256, i * 30 % 256, 7)).save(root / split / name / f"{i}.png")
+    return root
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A working folder with a tiny ImageFolder tree (enough for the data check), bad presets and an
-    empty folder; the tests run from it and compare its contents before and after."""
-    for split in ("train", "test"):
-        (tmp_path / "data" / split / "cat").mkdir(parents=True)
-        (tmp_path / "data" / split / "cat" / "0.png").write_bytes(b"")
+def workdir(tmp_path, tmp_path_factory, monkeypatch):
+    """A working folder with a tiny valid ImageFolder tree (enough for the data check), bad trees, bad
+    presets, a saved search and an empty folder; the tests run from it and compare its contents before
+    and after. The decode cache lives outside it."""
+    monkeypatch.setenv("POLARSEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    _tree(tmp_path / "data", {"cat": (8, 2), "dog": (8, 2)})
+    _tree(tmp_path / "onecls", {"cat": (8, 2)})
+    _tree(tmp_path / "emptycls", {"cat": (8, 2), "dog": (8, 2), "ghost": (0, 0)})
+    for name, content in (("corrupt", b"\xff\xd8\xff\xe0 not a whole jpeg"), ("zerobyte", b"")):
+        _tree(tmp_path / name, {"cat": (8, 2), "dog": (8, 2)})
+        (tmp_path / name / "train" / "dog" / "bad.jpg").write_bytes(content)
     (tmp_path / "empty").mkdir()
     (tmp_path / "malformed.yaml").write_text("model: [resnet20\n")
     (tmp_path / "unknown_key.yaml").write_text("model: resnet20\nlamda: 0.1\n")
     (tmp_path / "not_a_mapping.yaml").write_text("- 1\n- 2\n")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "search.json").write_text("{}")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "search.json").write_text('{"config": {"model": "resnet20"')
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "corrupt.db").write_bytes(b"this is not an SQLite database" * 100)
+    with sqlite3.connect(tmp_path / "other.db") as db:
+        db.execute("CREATE TABLE notes (x)")
+    db.close()
+    config = load_config("smoke", {"data_dir": "data", "subset": 8, "val_size": 4})
+    spec = SearchSpec(config, SearchSettings(**{**preset_section("smoke"), "target": 0.5}), output=tmp_path / "saved")
+    (tmp_path / "saved").mkdir()
+    write_spec(spec, "0123abcd", "sqlite:///nowhere/mlflow.db")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -45,7 +75,9 @@ def _snapshot(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-SEARCH = ["--target-flops", "0.5", "--preset", "smoke", "--data-dir", "data"]
+SMALL = ["--dataset", "imagefolder", "--subset", "8", "--val-size", "4"]  # the smoke preset on the tiny tree
+SEARCH = ["--target-flops", "0.5", "--preset", "smoke", "--data-dir", "data", *SMALL]
+TRIAL = ["trial", "--preset", "smoke", "--lam", "0.01", "--t", "1.2", *SMALL]
 PORT = _closed_port()
 BAD_INPUTS = {
     "target above 1": ["--target-flops", "1.5", "--data-dir", "data"],
@@ -93,6 +125,46 @@ BAD_INPUTS = {
                             "--t", "1.2"],
     "final negative lam": ["final", "--preset", "smoke", "--data-dir", "data", "--lam", "-1", "--t", "1.2"],
     "final missing data folder": ["final", "--preset", "smoke", "--data-dir", "nowhere", "--lam", "0.01", "--t", "1"],
+    # issue 10: what a new user tried beyond the above
+    "gpus nan": [*SEARCH, "--gpus-per-trial", "nan"],
+    "gpus inf": [*SEARCH, "--gpus-per-trial", "inf"],
+    "output is an existing file": [*SEARCH, "--output", "afile"],
+    "output under a file": [*SEARCH, "--output", "afile/out"],
+    "trial output is an existing file": [*TRIAL, "--data-dir", "data", "--output", "afile"],
+    "mlflow unsupported scheme": [*SEARCH, "--mlflow-uri", "ftp://127.0.0.1/mlruns"],
+    "mlflow corrupt sqlite store": [*SEARCH, "--mlflow-uri", "sqlite:///corrupt.db"],
+    "mlflow sqlite that is not mlflow's": [*SEARCH, "--mlflow-uri", "sqlite:///other.db"],
+    "mlflow sqlite path is a folder": [*SEARCH, "--mlflow-uri", "sqlite:///empty"],
+    "seed beyond 2**64": [*SEARCH, "--seed", str(2**64 + 1)],
+    "seed 2**32": [*SEARCH, "--seed", str(2**32)],
+    "seed negative": [*SEARCH, "--seed", "-1"],
+    "nan learning rate": [*SEARCH, "--lr", "nan"],
+    "inf lam_high": [*SEARCH, "--lam-high", "inf"],
+    "nan target": ["--target-flops", "nan", "--data-dir", "data"],
+    "trial nan lam": [*TRIAL[:4], "nan", "--t", "1.2", "--data-dir", "data"],
+    "trial inf t": [*TRIAL[:6], "inf", "--data-dir", "data"],
+    "resume damaged search.json": ["--resume", "--output", "damaged"],
+    "resume with another epochs": ["--resume", "--output", "saved", "--epochs", "3"],
+    "resume with another target": ["--resume", "--output", "saved", "--target-flops", "0.3"],
+    "resume with another strategy": ["--resume", "--output", "saved", "--strategy", "kary"],
+    "resume adding skip-final": ["--resume", "--output", "saved", "--skip-final"],
+    "resume with another data folder": ["--resume", "--output", "saved", "--data-dir", "onecls"],
+    "one class only": [*SEARCH, "--data-dir", "onecls"],
+    "stray empty class folder": [*SEARCH, "--data-dir", "emptycls"],
+    "corrupt jpeg": [*SEARCH, "--data-dir", "corrupt"],
+    "0-byte jpeg": [*SEARCH, "--data-dir", "zerobyte"],
+    "subset larger than the data": [*SEARCH, "--subset", "100"],
+    "val_size larger than the data": [*SEARCH, "--subset", "4", "--val-size", "40"],
+    "downsample larger than the images": [*SEARCH, "--downsample", "16"],
+    "cifar10 with 2 class folders": [*SEARCH, "--dataset", "cifar10"],
+    "trial on corrupt data": [*TRIAL, "--data-dir", "corrupt"],
+    "trial on one class": [*TRIAL, "--data-dir", "onecls"],
+    "final on a 0-byte jpeg": ["final", *TRIAL[1:], "--data-dir", "zerobyte"],
+    "final subset too large": ["final", *TRIAL[1:], "--data-dir", "data", "--subset", "100"],
+    **({} if torch.cuda.is_available() else {
+        "device cuda without a GPU": [*SEARCH, "--device", "cuda"],
+        "trial device cuda:1 without a GPU": [*TRIAL, "--data-dir", "data", "--device", "cuda:1"],
+    }),
 }  # fmt: skip
 
 
@@ -131,6 +203,34 @@ def test_error_messages_name_the_problem(workdir, capsys):
     ]:
         assert main(argv) == 2
         assert words in capsys.readouterr().err
+
+
+# What each error of issue 10's cases names (the matrix above checks the form: one line, exit 2).
+REASONS = {
+    "gpus nan": "--gpus-per-trial", "output is an existing file": "not a folder", "output under a file": "not a folder",
+    "trial output is an existing file": "not a folder", "mlflow unsupported scheme": "unsupported scheme 'ftp'",
+    "mlflow corrupt sqlite store": "not a usable SQLite database", "mlflow sqlite that is not mlflow's": "not an MLflow store",
+    "mlflow sqlite path is a folder": "not a file", "seed beyond 2**64": "seed must be in [0, 2**32)",
+    "seed 2**32": "seed must be in", "nan learning rate": "lr must be a finite number",
+    "inf lam_high": "lam_high must be a finite number", "trial nan lam": "--lam",
+    "resume damaged search.json": "search.json is damaged", "resume with another epochs": "--epochs 3 but the saved search has 4",
+    "resume with another target": "--target-flops 0.3 but the saved search has 0.5",
+    "resume with another strategy": "--strategy kary", "resume adding skip-final": "--skip-final True but the saved search has False",
+    "resume with another data folder": "--data-dir onecls", "one class only": "at least 2",
+    "stray empty class folder": "ghost holds no images", "corrupt jpeg": "cannot decode image corrupt/train/dog/bad.jpg",
+    "0-byte jpeg": "zerobyte/train/dog/bad.jpg: the file is empty", "subset larger than the data": "subset 100",
+    "val_size larger than the data": "val_size 40", "downsample larger than the images": "downsample 16",
+    "cifar10 with 2 class folders": "cifar10 has 10 classes", "trial on corrupt data": "bad.jpg",
+    "trial on one class": "at least 2", "final on a 0-byte jpeg": "the file is empty", "final subset too large": "subset 100",
+    "device cuda without a GPU": "no CUDA GPU", "trial device cuda:1 without a GPU": "--device cuda:1",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [c for c in REASONS if c in BAD_INPUTS])
+def test_issue_10_errors_name_their_reason(workdir, capsys, case):
+    assert main(BAD_INPUTS[case]) == 2
+    err = capsys.readouterr().err
+    assert REASONS[case] in err, err
 
 
 def test_help_lists_the_flags_and_subcommands(capsys):

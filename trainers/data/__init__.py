@@ -25,11 +25,14 @@ The package, one job a module:
     stratify.py  stratified training subset and validation split
     loaders.py   `augment`, `TensorLoader` (in memory), `StreamLoader` (DataLoader workers)
     splits.py    `load`, the one door, and the `Splits` it returns
+    verify.py    `verify`, the data check made before anything trains (the bad-data policy)
 """
 
 from trainers.data.decode import fetch
 from trainers.data.folders import DATASETS, DataError, check
 from trainers.data.loaders import StreamLoader, TensorLoader, augment
 from trainers.data.splits import Splits, load
+from trainers.data.verify import verify
 
-__all__ = ["DATASETS", "DataError", "Splits", "StreamLoader", "TensorLoader", "augment", "check", "fetch", "load"]
+__all__ = ["DATASETS", "DataError", "Splits", "StreamLoader", "TensorLoader", "augment", "check", "fetch", "load",
+           "verify"]

@@ -81,33 +81,46 @@ def fetch(dataset: str, data_dir: str | os.PathLike) -> None:
         download_cifar(dataset, root)
 
 
-def _decode_chunk(paths: Sequence[str]) -> list[torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+def decode_chunk(paths: Sequence[str]) -> list[torch.Tensor]:
+    """Decode a chunk of files: JPEGs in one batched call, the rest one by one; when the batch fails,
+    every file alone, so that a damaged one is named (an image is decoded by its content, whatever
+    its name says: a PNG named .jpg is read as the PNG it is)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    datas = []
-    for p in paths:
-        with open(p, "rb") as f:
-            datas.append(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8))
+    datas = [_read(p) for p in paths]
     jpegs = [i for i, p in enumerate(paths) if p.lower().endswith(_JPEG_SUFFIXES)]
     out: list[torch.Tensor] = [torch.empty(0)] * len(paths)
-    try:
-        if jpegs:
+    if jpegs:
+        try:
             decoded = decode_jpeg([datas[i] for i in jpegs], mode=ImageReadMode.RGB)
-            for i, image in zip(jpegs, decoded, strict=True):
-                out[i] = image
-        for i in set(range(len(paths))) - set(jpegs):
-            out[i] = decode_image(datas[i], mode=ImageReadMode.RGB)
-    except RuntimeError:
-        for p, data in zip(paths, datas, strict=True):  # find the file that does not decode
-            try:
-                decode_image(data, mode=ImageReadMode.RGB)
-            except RuntimeError as error:
-                reason = (
-                    str(error).strip().splitlines()[0].split(", ")[-1]
-                )  # drop torchvision's source location
-                raise DataError(f"cannot decode image {p}: {reason}") from None
-        raise
+        except RuntimeError:  # one of them is not a (whole) JPEG: each decoded alone below
+            decoded = [None] * len(jpegs)
+        for i, image in zip(jpegs, decoded, strict=True):
+            out[i] = image if image is not None else _decode_one(paths[i], datas[i])
+    for i in set(range(len(paths))) - set(jpegs):
+        out[i] = _decode_one(paths[i], datas[i])
     return out
+
+
+def _read(path: str) -> torch.Tensor:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise DataError(f"cannot read image {path}: {error.strerror or error}") from None
+    if not data:
+        raise DataError(f"cannot decode image {path}: the file is empty (0 bytes)")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _decode_one(path: str, data: torch.Tensor) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0].split(", ")[-1]  # drop torchvision's source location
+        raise DataError(f"cannot decode image {path}: {reason}") from None
 
 
 def decode(paths: Sequence[str], chunk: int = 1000) -> torch.Tensor:
@@ -117,7 +130,7 @@ def decode(paths: Sequence[str], chunk: int = 1000) -> torch.Tensor:
     """
     threads = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
-        parts = pool.map(_decode_chunk, [paths[i : i + chunk] for i in range(0, len(paths), chunk)])
+        parts = pool.map(decode_chunk, [paths[i : i + chunk] for i in range(0, len(paths), chunk)])
         images = [image for part in parts for image in part]
     size = images[0].shape[1:]
     for i, image in enumerate(images):

@@ -14,6 +14,7 @@ from pathlib import Path
 DATASETS = ("cifar10", "cifar100", "imagefolder")
 
 TORCHVISION_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Trees of images up to this side, and this many bytes decoded, are held in memory.
 _IN_MEMORY_MAX_SIDE = 64
@@ -101,11 +102,42 @@ def scan(folder: Path) -> Files:
     return Files(folder, paths, labels, classes)
 
 
+def tree_files(root: Path, dataset: str) -> tuple[Files, Files]:
+    """The train and test (or val) files of the ImageFolder tree at `root`: the same classes in both
+    splits, as many as a named dataset has."""
+    train, test = scan(root / "train"), scan(eval_folder(root))
+    if train.classes != test.classes:
+        only = sorted(set(train.classes) ^ set(test.classes))
+        raise DataError(f"{root}: the class folders of train/ and {test.root.name}/ differ"
+                        f"{' (' + ', '.join(only[:5]) + ')' if only else ' (order)'}")  # fmt: skip
+    if dataset in NUM_CLASSES and len(train.classes) != NUM_CLASSES[dataset]:
+        raise DataError(f"{dataset} has {NUM_CLASSES[dataset]} classes, {root}/train has "
+                        f"{len(train.classes)} class folders")  # fmt: skip
+    return train, test
+
+
+def check_classes(train: Files, test: Files) -> None:
+    """What a classifier needs of a tree's classes: at least two, none without images (a stray folder)."""
+    if len(train.classes) < 2:
+        raise DataError(f"{train.root} has {len(train.classes)} class folder(s): a classifier needs at least 2")
+    for files in (train, test):
+        counts = [0] * len(files.classes)
+        for label in files.labels:
+            counts[label] += 1
+        empty = [name for name, n in zip(files.classes, counts, strict=True) if n == 0]
+        if empty:
+            raise DataError(f"class folder {files.root / empty[0]} holds no images "
+                            f"(every class folder needs images; remove stray folders)")  # fmt: skip
+
+
 def fits_in_memory(files: Files) -> bool:
     from PIL import Image
 
-    with Image.open(files.paths[0]) as image:  # reads the header only
-        width, height = image.size
+    try:
+        with Image.open(files.paths[0]) as image:  # reads the header only
+            width, height = image.size
+    except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(f"cannot decode image {files.paths[0]}: {error}") from None
     return (
         max(width, height) <= _IN_MEMORY_MAX_SIDE
         and len(files.paths) * 3 * width * height <= _IN_MEMORY_MAX_BYTES

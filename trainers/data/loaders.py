@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from trainers.data.folders import DataError
+
 CIFAR_PAD = 4
 
 
@@ -116,8 +118,11 @@ class FileDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
 
-        with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), self.labels[i]
+        try:
+            with Image.open(self.paths[i]) as image:
+                return self.transform(image.convert("RGB")), self.labels[i]
+        except (OSError, ValueError) as error:  # stop, naming the file (the README's bad-data policy)
+            raise DataError(f"cannot decode image {self.paths[i]}: {error}") from None
 
 
 class StreamLoader(_SeededLoader):

@@ -15,11 +15,10 @@ from trainers.data.folders import (
     DataError,
     Files,
     check,
-    eval_folder,
     fits_in_memory,
     needs_download,
-    scan,
     torchvision_root,
+    tree_files,
 )
 from trainers.data.loaders import CIFAR_PAD, FileDataset, StreamLoader, TensorLoader, stream_transforms
 from trainers.data.stratify import stratified_split
@@ -30,7 +29,6 @@ _STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 @dataclass(frozen=True)
@@ -86,14 +84,7 @@ def load(
     if folder is not None:
         train_set, test_set = (read_cifar_batches(folder, dataset, train) for train in (True, False))
     else:
-        train_files, test_files = scan(root / "train"), scan(eval_folder(root))
-        if train_files.classes != test_files.classes:
-            raise DataError(f"{root}: the class folders of train/ and {test_files.root.name}/ differ")
-        if dataset in _NUM_CLASSES and len(train_files.classes) != _NUM_CLASSES[dataset]:
-            raise DataError(
-                f"{dataset} has {_NUM_CLASSES[dataset]} classes, {root}/train has "
-                f"{len(train_files.classes)} class folders"
-            )
+        train_files, test_files = tree_files(root, dataset)
         if not fits_in_memory(train_files):
             return _stream_splits(train_files, test_files, stats, subset, val_size, seed, downsample, device,
                                   batch_size, eval_batch_size, num_workers, channels_last)  # fmt: skip
