@@ -2,7 +2,10 @@
 
 Prints the Ray nodes, each trial of the search with the node that ran it (the Ray actor with the
 trial's pid on the trial's node_ip, from Tune's result.json), the Ray tasks outside Tune (the final
-job), and the MLflow runs of the experiment with the final run's artifacts, from the server's REST API.
+job), and, from the MLflow server's REST API, the experiment's runs and its logged models with the
+files the server's artifact store holds for them.
+
+    python cluster_report.py OUTPUT MLFLOW_URI EXPERIMENT
 """
 
 import json
@@ -17,8 +20,7 @@ OUTPUT, MLFLOW, EXPERIMENT = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 nodes = {n.node_id: n for n in list_nodes(detail=True)}
 print("Ray nodes:")
 for n in nodes.values():
-    role = "head" if n.is_head_node else "worker"
-    print(f"  {n.node_id}  {role:6}  ip={n.node_ip}  CPU={n.resources_total.get('CPU', 0):g}  {n.state}")
+    print(f"  {n.node_id}  {n.node_name:6}  ip={n.node_ip}  CPU={n.resources_total.get('CPU', 0):g}  {n.state}")
 
 actor_node = {(nodes[a.node_id].node_ip, a.pid): a.node_id for a in list_actors(detail=True, limit=10000)
               if a.node_id in nodes and a.pid}
@@ -27,12 +29,13 @@ for path in sorted((OUTPUT / "ray").rglob("result.json")):
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     last = rows[-1]
     node = actor_node.get((last["node_ip"], last["pid"]), "?")
-    print(f"  {last['trial_id']}  node={node}  hostname={last['hostname']}  ip={last['node_ip']}  pid={last['pid']}"
-          f"  epochs={len(rows)}  F={last.get('flops_reduction')}")
+    name = nodes[node].node_name if node in nodes else "?"
+    print(f"  {last['trial_id']}  node={node} ({name})  hostname={last['hostname']}  ip={last['node_ip']}"
+          f"  pid={last['pid']}  reports={len(rows)}  F={last.get('flops_reduction')}")
 print("Ray tasks outside Tune:")
 for t in list_tasks(detail=True, limit=10000):
     if t.type == "NORMAL_TASK":
-        print(f"  {t.name}  node={t.node_id}  {t.state}")
+        print(f"  {t.name}  node={t.node_id} ({nodes[t.node_id].node_name if t.node_id in nodes else '?'})  {t.state}")
 
 
 def api(path, body=None):
@@ -55,18 +58,22 @@ for run in sorted(runs, key=lambda r: r["info"]["start_time"]):
     print(f"  {run['info']['run_id']}  {kind:6}  {run['info']['status']:8}  {run['info'].get('run_name', '')}  {extra}")
 
 
-def listing(run_id, path=""):
-    files = api(f"mlflow/artifacts/list?run_id={run_id}&path={path}").get("files", [])
-    for f in files:
+def listing(path):
+    """The files under `path` of the server's artifact store (its mlflow-artifacts proxy)."""
+    for f in api(f"mlflow-artifacts/artifacts?path={path}").get("files", []):
         if f["is_dir"]:
-            yield from listing(run_id, f["path"])
+            yield from listing(f"{path}/{f['path']}")
         else:
-            yield f["path"], int(f.get("file_size", 0))
+            yield f"{path}/{f['path']}", int(f.get("file_size", 0))
 
 
-if final is not None:
-    print(f"artifacts of the final run {final['info']['run_id']} (served by the MLflow server):")
-    for path, size in listing(final["info"]["run_id"]):
+models = api("mlflow/logged-models/search", {"experiment_ids": [experiment["experiment_id"]]}).get("models", [])
+for model in models:
+    info = model["info"]
+    source = "the final run" if final and info.get("source_run_id") == final["info"]["run_id"] else "run"
+    print(f"logged model {info['model_id']} {info.get('name', '')!r} from {source} {info.get('source_run_id')}:"
+          f" {info['artifact_uri']}")
+    for path, size in listing(info["artifact_uri"].removeprefix("mlflow-artifacts:/")):
         print(f"  {path}  {size} bytes")
-else:
-    print("no final run")
+if not models:
+    print("no logged model")

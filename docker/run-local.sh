@@ -54,7 +54,8 @@ nice docker build --build-arg BASE_IMAGE="$python_image" -t "$POSTGRES_IMAGE" "$
 docker image ls --format '   {{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'polarsearch'
 
 step "polarsearch --help in the image"
-docker run --rm --network none "$POLARSEARCH_IMAGE" polarsearch --help | head -n 4
+docker run --rm --network none "$POLARSEARCH_IMAGE" polarsearch --help > "$work/help.txt"
+head -n 4 "$work/help.txt"
 
 step "a smoke search in one container (data read-only, --network none)"
 mkdir -m 777 "$work/one"
@@ -98,6 +99,9 @@ step "compose: the driver's search (polarsearch --ray-address head:6379 --mlflow
 
 step "compose: where the search ran, and what MLflow holds"
 "${compose[@]}" exec -T head python - /work/runs/search http://mlflow:5000 compose < "$repo/docker/cluster_report.py"
+echo "   MLflow's backend store (the postgres container's database mlflow, table runs):"
+"${compose[@]}" exec -T postgres psql -U mlflow -d mlflow -At -F '  ' \
+    -c "select run_uuid, name, status from runs order by start_time" | sed 's/^/   /'
 echo "   the artifact store (the mlflow container's /work/mlartifacts, volume ${project}_artifacts):"
 "${compose[@]}" exec -T mlflow find /work/mlartifacts -type f -printf '   %s bytes  %p\n'
 

@@ -120,16 +120,18 @@ class RayCluster:
         self.processes.start(f"node{self.nodes}", argv, self.env)
         self.nodes += 1
 
-    def wait_nodes(self, count: int) -> list[str]:
-        """The ids of the alive nodes, once there are `count` of them."""
-        ids: list[str] = []
+    def wait_nodes(self, count: int) -> dict[str, str]:
+        """The alive nodes, id -> "head" or "worker", once there are `count` of them."""
+        nodes: dict[str, str] = {}
 
         def enough() -> bool:
-            ids[:] = [n["node_id"] for n in self.state("nodes") if n["state"] == "ALIVE"]
-            return len(ids) >= count
+            alive = [n for n in self.state("nodes") if n["state"] == "ALIVE"]
+            nodes.clear()
+            nodes.update({n["node_id"]: "head" if n["is_head_node"] else "worker" for n in alive})
+            return len(nodes) >= count
 
         wait_for(enough, 90, f"{count} Ray nodes")
-        return ids
+        return nodes
 
     def state(self, kind: str) -> list[dict]:
         """Ray's state API (`ray.util.state.list_<kind>`), asked from a process holding the cluster's token."""
@@ -202,6 +204,7 @@ def test_trials_run_on_a_second_node_and_log_to_a_tracking_server(cifar10_dir, c
                          "--mlflow-uri", uri, "--experiment", "cluster"], cwd=tmp_path)  # fmt: skip
 
     ran_on = trial_nodes(cluster, tmp_path / "out")
+    print("trials ran on:", [f"{nodes.get(node, '?')} {node}" for node in ran_on])  # shown by pytest -rP
     assert len(ran_on) == 2 and set(ran_on) == set(nodes), (ran_on, nodes)
 
     rest = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -234,6 +237,8 @@ def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(cifar10_dir, cluster, 
     assert len(results) == 2
     # Each trial's span, from its first report back by that epoch's duration to its last report.
     spans = [(rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]) for rows in results]
+    first = min(start for start, _ in spans)
+    print("trial spans, s after the first start:", [(round(a - first, 1), round(b - first, 1)) for a, b in spans])
     assert max(start for start, _ in spans) < min(end for _, end in spans), spans
 
     pids = {rows[-1]["pid"] for rows in results}
@@ -243,3 +248,4 @@ def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(cifar10_dir, cluster, 
         held = actor.get("required_resources") or {}
         gpus = [v for k, v in held.items() if k.startswith("GPU_group_") and k.count("_") == 2]
         assert gpus == [0.5], held
+        print("trial actor", actor["actor_id"], "pid", actor["pid"], "holds GPU", gpus[0], "of the head's 1")
