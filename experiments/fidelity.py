@@ -1,15 +1,16 @@
 """Issue 11: the paper's claim checked against L1 (Network Slimming) and uniform width, on cpu-quick.
 
-Every network is trained by the project's own loop (`trainers.loop.train`, from `start_model`) for
-cpu-quick's 30 epochs, then pruned by `trainers.pruning_rule.choose` and fine-tuned 10 epochs (the
-final job's recipe); a uniform-width network is trained 30 + 10 epochs the same way, never pruned.
-Per seed:
+Every network is trained by the project's own loop (`trainers.loop.train`, from `start_model`) on
+cpu-quick's data and recipe at half its budget (`BUDGET`: 15 epochs, then pruned by
+`trainers.pruning_rule.choose` and fine-tuned 5 epochs, as the final job does); a uniform-width
+network is trained 15 + 5 epochs the same way, never pruned. Per seed:
 
-- train: `none` (no regularizer), `l1` (λ_L1), `pol_a` / `pol_b` (polarization, λ 7e-4 / 2e-3,
-  t 1.2: F ≈ 0.5 / 0.7 on cpu-quick), `pol_a_authors` (λ 7e-4 over the authors' prunable set);
+- train: `pol_a` / `pol_b` (polarization, λ 1.4e-3 / 4e-3, t 1.2: F ≈ 0.5 / 0.7 aimed for), `l1`
+  (λ_L1), `pol_a_authors` (λ_a over the authors' prunable set); `none` comes from px16.json;
 - fine-tune at equal F: pol_a and pol_b as pruned (global threshold, all BNs), L1 at the
   percentile that gives the same seed's polarization F, uniform at the width that gives it;
-- (c) the same trained pol_a / pol_a_authors pruned at the per-layer threshold, and fine-tuned.
+- (c) per-layer vs global and authors vs all: F and accuracy right after pruning, measured on the
+  cached trained networks by experiments/fidelity_report.py.
 
 Rows (config, seed, commit, numbers, |γ| after training) go to experiments/results/fidelity.json;
 a run already there is skipped, so an interrupted run continues where it stopped. Trained weights
@@ -34,7 +35,14 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "fidelity.json"
 PRESET = "cpu-quick"
-LAM_A, LAM_B, LAM_L1, T = 7e-4, 2e-3, 1e-3, 1.2
+# Half cpu-quick's budget (15 + 5 epochs instead of 30 + 10): what this shared 2-core machine could
+# run in the issue's time. λ doubled from cpu-quick's F ≈ 0.5 / 0.7 points (7e-4, 2e-3 at 30 epochs)
+# to make up for half the steps; L1's λ is polarization's λ_a scale (t·λ), not tuned.
+BUDGET = {"epochs": 15, "max_epochs": 15, "min_epochs": 15, "finetune_epochs": 5}
+LAM_A, LAM_B, LAM_L1, T = 1.4e-3, 4e-3, 2e-3, 1.2
+# The unregularized network of Figure 1 is px16's λ = 0 reference (cpu-quick, seed 0, 30 epochs: the
+# same recipe), its γ recorded there; None would train it here.
+NONE_FROM: str | None = "px16.json"
 TRAIN = {  # kind: Config overrides and λ
     "none": ({"regularizer": "none"}, 0.0),
     "l1": ({"regularizer": "l1"}, LAM_L1),
@@ -45,25 +53,24 @@ TRAIN = {  # kind: Config overrides and λ
 
 
 def jobs(seeds: list[int]) -> list[dict[str, Any]]:
-    """Every run, in the order they start (seed by seed), with the runs each one needs."""
+    """Every run, in the order they start (seed by seed: the equal-F comparison first, the authors'
+    set last), with the runs each one needs."""
     out = []
     for seed in seeds:
-        out += [{"id": f"train/{k}/s{seed}", "kind": "train", "train": k, "seed": seed, "needs": []}
-                for k in ("pol_a", "pol_b", "l1", "pol_a_authors", "none")]  # fmt: skip
+        trained = {k: f"train/{k}/s{seed}" for k in TRAIN}
+        out += [{"id": trained[k], "kind": "train", "train": k, "seed": seed, "needs": []} for k in ("pol_a", "pol_b", "l1")]
+        out += [{"id": f"uniform@{pol}/s{seed}", "kind": "uniform", "seed": seed, "match": trained[pol],
+                 "needs": [trained[pol]]} for pol in ("pol_a", "pol_b")]  # fmt: skip
         for pol in ("pol_a", "pol_b"):
-            matched = [f"train/{pol}/s{seed}"]
             out.append({"id": f"ft/{pol}/global/s{seed}", "kind": "finetune", "train": pol, "seed": seed,
-                        "overrides": {}, "needs": matched})  # fmt: skip
+                        "overrides": {}, "needs": [trained[pol]]})  # fmt: skip
             out.append({"id": f"ft/l1@{pol}/s{seed}", "kind": "finetune", "train": "l1", "seed": seed,
-                        "overrides": {"baseline": "slimming", "regularizer": "l1"}, "match": matched[0],
-                        "needs": [f"train/l1/s{seed}", *matched]})  # fmt: skip
-            out.append({"id": f"uniform@{pol}/s{seed}", "kind": "uniform", "seed": seed, "match": matched[0],
-                        "needs": matched})  # fmt: skip
-        for pol, sets in (("pol_a", "all"), ("pol_a_authors", "authors")):
-            for scope in ("per_layer", "global") if pol == "pol_a_authors" else ("per_layer",):
-                out.append({"id": f"ft/{pol}/{scope}/s{seed}", "kind": "finetune", "train": pol, "seed": seed,
-                            "overrides": {"threshold_scope": scope, "prunable_set": sets},
-                            "needs": [f"train/{pol}/s{seed}"]})  # fmt: skip
+                        "overrides": {"baseline": "slimming", "regularizer": "l1"}, "match": trained[pol],
+                        "needs": [trained["l1"], trained[pol]]})  # fmt: skip
+        out.append({"id": trained["pol_a_authors"], "kind": "train", "train": "pol_a_authors", "seed": seed,
+                    "needs": []})  # fmt: skip
+        if seed == seeds[0] and NONE_FROM is None:
+            out.append({"id": trained["none"], "kind": "train", "train": "none", "seed": seed, "needs": []})
     return out
 
 
@@ -79,7 +86,7 @@ def run(job: dict[str, Any], data_dir: str, matched_f: float | None, preset: str
 
     torch.set_num_threads(1)
     start = time.time()
-    base = {"data_dir": data_dir, "seed": job["seed"], "threads": 1}
+    base = {"data_dir": data_dir, "seed": job["seed"], "threads": 1, **BUDGET}
     if job["kind"] == "uniform":
         overrides, lam = {"regularizer": "none", "baseline": "uniform", "baseline_flops": round(matched_f, 4)}, 0.0
     else:
