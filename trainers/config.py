@@ -95,6 +95,9 @@ class Config:
     compile: bool = False  # torch.compile, GPU only (ignored on CPU)
     num_workers: int = 4
     threads: int | None = None  # torch CPU threads; None: torch's default
+    # data-parallel replicas (Ray Train, DDP; each with its share of the trial's or job's devices)
+    workers_per_trial: int = 1
+    final_workers: int = 1
     latency_runs: int = 20  # the final job's latency is the median of this many runs
 
     def __post_init__(self) -> None:
@@ -279,6 +282,9 @@ def _check_values(c: Config) -> None:
         (c.warm_start_epochs >= 0, f"warm_start_epochs must be >= 0, got {c.warm_start_epochs}"),
         (c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}"),
         (c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}"),
+        *[(n >= 1 and c.batch_size % n == 0,
+           f"{name} must be >= 1 and divide batch_size {c.batch_size} (each worker gets an equal part), got {n}")
+          for name, n in (("workers_per_trial", c.workers_per_trial), ("final_workers", c.final_workers))],
         (c.latency_runs >= 1, f"latency_runs must be >= 1, got {c.latency_runs}"),
     ]
     for ok, message in checks:

@@ -22,6 +22,10 @@ Written to `output_dir`:
 - `pruned_state_dict.pt`, `model.pt` - state dicts of the pruned and of the unpruned polarized
   network (the pruned one needs its pruned architecture: use the export to run it).
 - `final.json` - every number above, the threshold, (λ, t), the config and the per-epoch history.
+
+Data-parallel (`final_workers` > 1, Ray Train workers; `trainers.distributed`): every replica trains,
+prunes (the same cut: its γ are rank 0's) and fine-tunes on its shard; rank 0 alone measures,
+exports and writes, and the other replicas return None.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from pruning.fold import fold_bn
 from pruning.prunable import prunable_bns
 from pruning.surgery import prune
 from trainers.config import Config
+from trainers.distributed import is_lead
 from trainers.loop import (
     check_lam_t,
     evaluate,
@@ -107,7 +112,7 @@ class FinalResult:
 
 
 def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLike, report: Report | None = None,
-              splits: Any = None) -> FinalResult:  # fmt: skip
+              splits: Any = None) -> FinalResult | None:  # fmt: skip
     """Train, prune, fine-tune, measure and export (see the module docstring); `report` gets one
     dict per epoch with its `phase` ("train" or "finetune")."""
     check_lam_t(lam, t)
@@ -150,6 +155,8 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
                                    steps, config.lr_milestones, config.lr_decay)  # fmt: skip
         train(pruned, splits.train, optimizer, scheduler, epochs=config.finetune_epochs,
               amp=config.amp, compile=config.compile, on_epoch_end=log("finetune"))  # fmt: skip
+    if not is_lead():
+        return None
     acc_after_finetune, _ = evaluate(pruned, splits.test, config.amp)
 
     flops_before, flops_after = full_flops, count_flops(pruned, input_shape)

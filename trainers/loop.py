@@ -17,6 +17,10 @@ Choices (the paper's Eq. 1 and the authors' code):
 - λ may ramp in linearly (`lam_warmup_epochs`) and γ may have its own learning rate (`gamma_lr`):
   levers for short CPU runs, off by default.
 - The learning rate follows the schedule per iteration (cosine, or step at epoch boundaries).
+- Inside a data-parallel job (torch.distributed initialised with more than one replica) the steps
+  run through DDP with BN over the global batch, the epoch's stats are over all replicas and rank
+  0's stop decision holds for all; `trainers.distributed` says what stays exact and why. In one
+  process none of it runs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning.regularizers import clamp_, l1, polarization
+from trainers import distributed
 from trainers.config import Config
 
 # Every this many steps the loss is checked for NaN/inf (a host sync on a GPU); also at epoch end.
@@ -161,7 +166,9 @@ def train(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
     """
     device = next(model.parameters()).device
     on_gpu = device.type == "cuda"
-    forward = torch.compile(model) if compile and on_gpu else model
+    replica = distributed.Replica(model) if distributed.rank_and_size()[1] > 1 else None
+    steps_through = replica.module if replica is not None else model
+    forward = torch.compile(steps_through) if compile and on_gpu else steps_through
     if penalty is not None and not gammas:
         raise ValueError("a penalty needs the scaling factors it acts on (gammas=...)")
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
@@ -175,46 +182,58 @@ def train(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen, i = 0, -1
         step = epoch * steps_per_epoch
-        for i, (x, y) in enumerate(loader):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and on_gpu):
-                logits = forward(x)
-                loss = F.cross_entropy(logits, y)
-            total = loss
-            if penalty is not None:
-                reg = penalty(gammas, step)
-                total = loss + reg
-                penalty_sum += reg.detach()
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if penalty is not None and penalty.upper is not None:
-                clamp_(gammas, penalty.upper)
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            step += 1
-            if i % _CHECK_EVERY == 0 and not torch.isfinite(total.detach()):
-                _diverged(total.item(), epoch, optimizer)
+        with replica.training() if replica is not None else contextlib.nullcontext():
+            for i, (x, y) in enumerate(loader):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and on_gpu):
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits, y)
+                total = loss
+                if penalty is not None:
+                    reg = penalty(gammas, step)
+                    total = loss + reg
+                    penalty_sum += reg.detach()
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                if penalty is not None and penalty.upper is not None:
+                    clamp_(gammas, penalty.upper)
+                loss_sum += loss.detach()
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                step += 1
+                if i % _CHECK_EVERY == 0 and not _finite(total, replica):
+                    _diverged(total.item(), epoch, optimizer)
         seconds = time.perf_counter() - start
         batches = max(1, i + 1)
+        loss_total, penalty_total, right = loss_sum.item(), penalty_sum.item(), correct.item()
+        if replica is not None:  # over all replicas: images/s of the whole job
+            loss_total, penalty_total, right, seen = replica.epoch_totals(loss_sum, penalty_sum, correct, seen)
         stats = {
             "epoch": epoch + 1,
-            "loss": loss_sum.item() / batches,
-            "penalty": penalty_sum.item() / batches,
-            "train_accuracy": correct.item() / max(1, seen),
+            "loss": loss_total / batches,
+            "penalty": penalty_total / batches,
+            "train_accuracy": right / max(1, seen),
             "lr": optimizer.param_groups[0]["lr"],
             "lam": penalty.lam_at(step - 1) if penalty is not None else 0.0,
             "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else float("nan"),
+            "workers": 1 if replica is None else replica.size,
         }
         if not (math.isfinite(stats["loss"]) and math.isfinite(stats["penalty"])):
             _diverged(stats["loss"] + stats["penalty"], epoch, optimizer)
         history.append(stats)
-        if on_epoch_end is not None and on_epoch_end(epoch, stats):
+        stop = on_epoch_end is not None and on_epoch_end(epoch, stats)
+        if replica is not None:
+            stop = replica.lead_says(stop)
+        if stop:
             break
     return history
+
+
+def _finite(value: torch.Tensor, replica: distributed.Replica | None) -> bool:
+    return torch.isfinite(value.detach()).item() if replica is None else replica.all_finite(value)
 
 
 def _diverged(value: float, epoch: int, optimizer: torch.optim.Optimizer) -> None:

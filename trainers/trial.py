@@ -16,6 +16,11 @@ the state after every epoch is written atomically to `checkpoint_dir/trial.pt`, 
 started again with the same (λ, t) and training settings resumes from it, with the same result.
 With `warm_start_epochs` > 0 every trial starts from one unregularized baseline, trained once and
 cached under `cache_root(config)/baselines/`.
+
+In a data-parallel trial (Ray Train workers, `trainers.distributed`) every replica runs this same
+function on its shard of the data; rank 0 alone measures F, writes the checkpoint and returns the
+result, its stop decision holds for all, and every replica resumes from the same checkpoint. The
+other replicas return status "replica". Every record holds `images_per_s`, over all replicas.
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ from torch import nn
 
 from pruning.prunable import polarized_bns, prunable_bns, scaling_factors
 from pruning.regularizers import init_scaling_factors_
-from trainers import baselines, loop, models
+from trainers import baselines, distributed, loop, models
 from trainers.config import Config, cache_root
 from trainers.pruning_rule import choose, pruning_threshold, reference_flops  # noqa: F401 - the trial's rule
 
 STABLE, MAX_EPOCHS, FAILED, DECIDED = "stable", "max_epochs", "failed", "decided"
+REPLICA = "replica"  # a data-parallel replica other than rank 0: it measured nothing
 # What a trial reports after every epoch (to the search, the CLI and MLflow); its records hold more.
 REPORTED = ("epoch", "flops_reduction", "threshold", "val_accuracy", "loss")
 CHECKPOINT = "trial.pt"
@@ -47,7 +53,7 @@ CHECKPOINT = "trial.pt"
 _NOT_TRAJECTORY = frozenset({
     "data_dir", "download", "device", "num_workers", "threads", "cache_dir", "compile", "eval_batch_size",
     "latency_runs", "max_epochs", "min_epochs", "f_tol", "patience", "finetune_epochs", "finetune_lr",
-    "finetune_schedule",
+    "finetune_schedule", "workers_per_trial", "final_workers",
 })  # fmt: skip
 
 Report = Callable[[dict[str, Any]], Any]
@@ -97,6 +103,7 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     history, message = _resume(path, key, model, optimizer, scheduler)
     decision: dict[str, Any] | None = None
+    lead = distributed.is_lead()
 
     def done() -> bool:
         nonlocal decision
@@ -105,9 +112,15 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
         return decision is not None or is_stable(history, config)
 
     def on_epoch_end(epoch: int, stats: dict[str, Any]) -> bool:
+        if not lead:  # rank 0 measures and decides (the loop broadcasts its answer)
+            history.append({"epoch": stats["epoch"]})
+            if report is not None:
+                report({"epoch": stats["epoch"], "status": REPLICA})
+            return False
         record = _measure(model, bns, splits, config, input_shape, original_flops)
         record.update(epoch=stats["epoch"], loss=stats["loss"], penalty=stats["penalty"], lam=lam, t=t,
-                      lam_now=stats["lam"], lr=stats["lr"], seconds=stats["seconds"])  # fmt: skip
+                      lam_now=stats["lam"], lr=stats["lr"], seconds=stats["seconds"],
+                      images_per_s=stats["images_per_s"], workers=stats.get("workers", 1))  # fmt: skip
         history.append(record)
         if path is not None:
             _save(path, key, model, optimizer, scheduler, history)
@@ -122,6 +135,8 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
                        compile=config.compile, on_epoch_end=on_epoch_end)  # fmt: skip
         except loop.DivergedError as error:
             return TrialResult(FAILED, math.nan, None, math.nan, len(history), history, str(error))
+    if not lead:
+        return TrialResult(REPLICA, math.nan, None, math.nan, len(history), [], "a data-parallel replica")
     last = history[-1]
     dead = dead_network(history, gammas, splits, config.min_epochs)
     if dead:

@@ -5,6 +5,13 @@ tensor operations — the random crop with 4-pixel zero padding and the horizont
 paper's CIFAR training (§4.1). `StreamLoader` streams a large tree (ImageNet) through DataLoader
 workers with the standard RandomResizedCrop / Resize(256) + CenterCrop(224) transforms (§4.2).
 Both have `len()` = batches per epoch and `.num_samples`.
+
+`shard(rank, size)` makes a training loader one replica's of a data-parallel job (issue 16): the
+batch size stays the global batch and each replica gets its `batch_size / size` part. The
+in-memory loader keeps the single-process permutation and augmentation draws - every replica
+draws them for the whole global batch from the (seed, epoch) generator and keeps its contiguous
+slice - so W replicas together see exactly one worker's batches; the streaming loader uses a
+DistributedSampler seeded by (seed, epoch).
 """
 
 from __future__ import annotations
@@ -13,24 +20,29 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from trainers.data.folders import DataError
 
 CIFAR_PAD = 4
 
 
-def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, pad: int, generator: torch.Generator, offset: int = 0,
+            total: int | None = None) -> torch.Tensor:  # fmt: skip
     """Random crop with `pad` pixels of zero padding and random horizontal flip of a uint8 batch.
 
     The crop and the flip are one gather over the padded batch: output pixel (i, j) of image b is
     padded pixel (dy_b + i, dx_b + j), or (dy_b + i, dx_b + W − 1 − j) when b is flipped.
+    `images` may be the part [offset, offset + len) of a batch of `total`: the draws are made for
+    the whole batch (a data-parallel replica's slice is augmented as one worker would).
     """
     b, c, h, w = images.shape
+    total = b if total is None else total
+    part = slice(offset, offset + b)
     padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+    dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[part].to(images.device)
+    dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[part].to(images.device)
+    flip = (torch.rand(total, generator=generator) < 0.5)[part].to(images.device)
     j = torch.arange(w, device=images.device)
     rows = dy[:, None] + torch.arange(h, device=images.device)
     cols = dx[:, None] + torch.where(flip[:, None], j.flip(0), j)
@@ -47,8 +59,11 @@ class _SeededLoader:
     """What both loaders share: a sample count and per-epoch reseeding of their generator."""
 
     labels: torch.Tensor
+    batch_size: int
     _seed: int
     _generator: torch.Generator
+    _rank: int = 0
+    _size: int = 1
 
     @property
     def num_samples(self) -> int:
@@ -57,6 +72,15 @@ class _SeededLoader:
     def set_epoch(self, epoch: int) -> None:
         """Make this epoch's order and augmentation a function of (seed, epoch) alone."""
         self._generator.manual_seed(epoch_seed(self._seed, epoch))
+
+    def shard(self, rank: int, size: int) -> None:
+        """Yield replica `rank`'s part of every batch of `size` replicas (see the module doc)."""
+        if not getattr(self, "train", True):
+            raise ValueError("only a training loader is sharded: rank 0 evaluates on the whole split")
+        if self.batch_size % size or not 0 <= rank < size:
+            raise ValueError(f"the batch size {self.batch_size} must split evenly over {size} workers "
+                             f"(rank {rank})")  # fmt: skip
+        self._rank, self._size = rank, size
 
 
 class TensorLoader(_SeededLoader):
@@ -96,8 +120,10 @@ class TensorLoader(_SeededLoader):
             order = torch.randperm(n, generator=self._generator).to(self.images.device)
         for i in range(len(self)):
             if self.train:
-                idx = order[i * b : (i + 1) * b]
-                x, y = augment(self.images[idx], self.pad, self._generator), self.labels[idx]
+                part = b // self._size
+                idx = order[i * b : (i + 1) * b][self._rank * part : (self._rank + 1) * part]
+                x = augment(self.images[idx], self.pad, self._generator, self._rank * part, b)
+                y = self.labels[idx]
             else:
                 x, y = self.images[i * b : (i + 1) * b], self.labels[i * b : (i + 1) * b]
             x = x.float().mul_(self._scale).sub_(self._shift)
@@ -141,17 +167,34 @@ class StreamLoader(_SeededLoader):
     ) -> None:
         self.labels = torch.tensor(list(dataset.labels), dtype=torch.int64)
         self.batch_size, self.device, self.channels_last = batch_size, device, channels_last
+        self.train, self._dataset, self._num_workers = train, dataset, num_workers
         self._seed, self._generator = seed, torch.Generator().manual_seed(seed)
-        self._loader = DataLoader(
-            dataset,
+        self._sampler: DistributedSampler | None = None
+        self._loader = self._data_loader(batch_size)
+
+    def _data_loader(self, batch_size: int) -> DataLoader:
+        return DataLoader(
+            self._dataset,
             batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=num_workers > 0,
-            generator=self._generator,
+            shuffle=self.train and self._sampler is None,
+            sampler=self._sampler,
+            drop_last=self.train and (self._sampler is not None or len(self._dataset) > batch_size),
+            num_workers=self._num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self._num_workers > 0,
+            generator=self._generator if self._sampler is None else None,
         )
+
+    def shard(self, rank: int, size: int) -> None:
+        """Replica `rank` of `size`: a DistributedSampler (seed, epoch) and batches of batch_size / size."""
+        super().shard(rank, size)
+        self._sampler = DistributedSampler(self._dataset, size, rank, shuffle=True, seed=self._seed, drop_last=True)
+        self._loader = self._data_loader(self.batch_size // size)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self._sampler is not None:
+            self._sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self._loader)
