@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-install
 DATA ?= $(wildcard ../shared/data/cifar10)
 export POLARSEARCH_TEST_DATA := $(abspath $(DATA))
 
-.PHONY: install run test lint clean experiment bench docker
+.PHONY: install run test lint clean experiment bench docker screenshots
 
 install: $(STAMP)
 
@@ -45,3 +45,7 @@ lint: install
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# Issue 15: screenshots of the Ray dashboard during a smoke search and of MLflow after it, into docs/screenshots/.
+screenshots: install
+	$(PY) -m pip install -q -e ".[screenshots]" && $(PY) docs/screenshots.py --data-dir $(DATA)

@@ -4,10 +4,12 @@
     polarsearch --resume --output outputs/search-...                                # continue it
     polarsearch trial --preset smoke --lam 0.01 --t 1.2 --data-dir DIR [--json]     # one trial, no Ray
     polarsearch final --preset smoke --lam 0.01 --t 1.2 --data-dir DIR              # the final job, no Ray
+    polarsearch compare [--experiment E] [--mlflow-uri U] [--format table|csv|json|markdown] [--searches]
 
 Every input is checked before anything starts or is written (`search.inputs`): a bad one gives one
 line `polarsearch: error: ...` on stderr and exit status 2. Ctrl-C gives exit status 130 (an
-interrupted search is resumed with --resume).
+interrupted search is resumed with --resume). With --fail-on-miss a search whose winner is not
+within δ of the target (or that has no winner) exits with status 3.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `polarsearch` command; returns the exit status."""
+    from search import compare
     from search.local import final_command, trial_command
 
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"search": (search_parser, search_command), "trial": (trial_parser, trial_command),
-                "final": (final_parser, final_command)}  # fmt: skip
-    make_parser, command = commands[argv.pop(0) if argv and argv[0] in ("trial", "final") else "search"]
+                "final": (final_parser, final_command), "compare": (lambda: compare.parser(_Parser), compare_command)}  # fmt: skip
+    make_parser, command = commands[argv.pop(0) if argv and argv[0] in ("trial", "final", "compare") else "search"]
     try:
         try:
             args = make_parser().parse_args(argv)
@@ -51,6 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    """`polarsearch compare`: a store or search that is not there is a usage error (one line, exit 2)."""
+    from search.compare import CompareError, command
+
+    try:
+        return command(args)
+    except CompareError as error:
+        raise UsageError(str(error)) from None
+
+
 def search_command(args: argparse.Namespace) -> int:
     """A search (or its continuation): the table at the end; 130 when interrupted, 1 when the final job failed."""
     from search.inputs import search_spec
@@ -60,6 +73,7 @@ def search_command(args: argparse.Namespace) -> int:
 
     spec = search_spec(args)
     settings = spec.settings
+    _quiet_libraries()
     print(f"{PROG}: {'resuming' if args.resume else 'searching'} F*={settings.target} δ={settings.delta} "
           f"with {settings.strategy}; output {spec.output}", flush=True)
     try:
@@ -75,14 +89,27 @@ def search_command(args: argparse.Namespace) -> int:
     if outcome.final_error:
         print(f"{PROG}: error: the final job failed: {outcome.final_error}", file=sys.stderr)
         return 1
+    best = outcome.best
+    if args.fail_on_miss and (best is None or abs(best.flops_reduction - settings.target) > settings.delta):
+        print(f"{PROG}: the target F*={settings.target} ± {settings.delta} was missed (--fail-on-miss)", file=sys.stderr)
+        return 3
     return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the console to the search's own lines: MLflow's schema set-up and Ray's token notice (the
+    dashboard line says where the token is) are not news to the person watching."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "ray._private.authentication.authentication_token_setup"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def search_parser() -> argparse.ArgumentParser:
     from search.settings import SearchSettings
 
     p = _Parser(prog=PROG, description="Search (λ, t) of polarization pruning for a target FLOPs reduction.",
-                epilog=f"subcommands: {PROG} trial --help, {PROG} final --help")
+                epilog=f"subcommands: {PROG} trial --help, {PROG} final --help, {PROG} compare --help")
     p.add_argument("--target-flops", type=float, help="target FLOPs reduction F*, in (0, 1)")
     hints = typing.get_type_hints(SearchSettings)
     defaults = {f.name: f.default for f in dataclasses.fields(SearchSettings)}
@@ -93,6 +120,8 @@ def search_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///mlflow.db, in this folder)")
     p.add_argument("--experiment", help="MLflow experiment name (default polarsearch)")
     p.add_argument("--skip-final", action="store_true", help="stop after the search, without the final job")
+    p.add_argument("--fail-on-miss", action="store_true",
+                   help="exit with status 3 when no trial is within δ of the target (default: 0 either way)")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --output (default: newest)")
     p.add_argument("--output", type=Path, help="output folder (default outputs/search-<time>)")
     _config_arguments(p)

@@ -86,12 +86,15 @@ def _ask_gcs(target: str, address: str, timeout: float) -> None:
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[RayInfo]:
+def ray_session(address: str | None = None, num_cpus: int | None = None, job_name: str | None = None) -> Iterator[RayInfo]:
     """Ray for the duration of a search: an embedded local one (address None) or a running cluster.
 
     The embedded Ray listens on 127.0.0.1 only, with the dashboard on; it is shut down at the end.
-    Joining a cluster leaves it running (only this driver disconnects).
+    Joining a cluster leaves it running (only this driver disconnects). `job_name` is the job's
+    name in the dashboard's Jobs table; workers' output stays in their logs (the dashboard's),
+    not on this console, where the search prints its own lines.
     """
+    named = {"job_config": ray.job_config.JobConfig(metadata={"job_name": job_name})} if job_name else {}
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process")
     local = address is None
@@ -100,9 +103,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     with _local_only(local):
         if local:
             context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                               logging_level="warning", configure_logging=True)
+                               logging_level="warning", configure_logging=True, log_to_driver=False, **named)
         else:
-            context = ray.init(address=address, logging_level="warning")
+            context = ray.init(address=address, logging_level="warning", log_to_driver=False, **named)
         try:
             if local:
                 session = Path(ray._private.worker._global_node.get_session_dir_path())

@@ -1,31 +1,84 @@
-"""What a search prints: a line per finished trial while it runs, and the table at its end.
+"""What a search prints: a line per epoch of every trial while it runs, and the table at its end.
 
 `trial_handlers` are the driver's handlers of Tune's trial results (`search.tune.TrialEvents`): each
-epoch and each trial's end logged to MLflow, and one line printed per finished trial.
+epoch and each trial's end logged to MLflow, one line per epoch (rewritten in place on a terminal,
+plain lines in a log) and one per finished trial. For the optuna strategy the epochs also go to the
+study as intermediate values, so Optuna Dashboard draws them.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 
-def trial_handlers(mlflow_uri: str, experiment: str, parent_run_id: str) -> tuple[Callable, Callable]:
-    """(on_epoch, on_end) for `TrialEvents`: MLflow runs under the parent run, a line per finished trial."""
+def trial_handlers(mlflow_uri: str, experiment: str, parent_run_id: str,
+                   optuna: dict[str, str] | None = None, out: TextIO | None = None) -> tuple[Callable, Callable]:  # fmt: skip
+    """(on_epoch, on_end) for `TrialEvents`: MLflow runs under the parent run, and the console lines.
+
+    `optuna` (storage, study_name) names the optuna strategy's study, told each epoch's |F − F*|."""
     from search.tracking import SearchTracker
 
     tracker = SearchTracker(mlflow_uri, experiment)
     tracker.attach(parent_run_id)  # and the trial runs of an interrupted session, on --resume
+    target = tracker.target
+    line = Progress(out or sys.stdout)
+    study = None if optuna is None else _study(optuna)
     done = 0
+
+    def on_epoch(trial_id: str, result: dict[str, Any]) -> None:
+        tracker.log_epoch(trial_id, result)
+        line.update(epoch_line(result, target, target.max_epochs if target is not None else None))
+        if study is not None and target is not None:
+            from search.strategies.optuna_search import report_epoch
+
+            report_epoch(study, int(result.get("trial") or 0) - 1, int(result["epoch"]),
+                         target.gap(result.get("flops_reduction")))  # fmt: skip
 
     def on_end(trial_id: str, result: dict[str, Any]) -> None:
         nonlocal done
         tracker.end_trial(trial_id, result)
         done += 1
-        print(f"trial {done}: {trial_line(result)}", flush=True)
+        line.done(f"trial {result.get('trial') or done}: {trial_line(result)}")
 
-    return tracker.log_epoch, on_end
+    return on_epoch, on_end
+
+
+class Progress:
+    """One line that a terminal rewrites in place (\r, erase line); a file or pipe gets every line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self._open = False
+
+    def update(self, text: str) -> None:
+        if self.tty:
+            self.out.write(f"\r\033[K{text}")
+            self._open = True
+        else:
+            self.out.write(f"{text}\n")
+        self.out.flush()
+
+    def done(self, text: str) -> None:
+        erase = "\r\033[K" if self._open else ""
+        self.out.write(f"{erase}{text}\n")
+        self._open = False
+        self.out.flush()
+
+
+def epoch_line(result: dict[str, Any], target: Any = None, max_epochs: int | None = None) -> str:
+    """`trial 2 epoch 5/30 F=0.400 (F*=0.5±0.05, |F−F*|=0.100) acc 0.430, 6 s/epoch, ≤2 min left`."""
+    epoch, flops, seconds = int(result["epoch"]), result.get("flops_reduction"), result.get("seconds")
+    text = f"trial {result.get('trial', '?')} epoch {epoch}{f'/{max_epochs}' if max_epochs else ''} F={fmt(flops, '.3f')}"
+    if target is not None:
+        text += f" ({target.band()}, |F−F*|={fmt(target.gap(flops), '.3f')})"
+    text += f" acc {fmt(result.get('val_accuracy'), '.3f')}, {fmt(seconds, '.0f')} s/epoch"
+    if max_epochs and seconds is not None and math.isfinite(seconds) and epoch < max_epochs:
+        text += f", ≤{_duration((max_epochs - epoch) * seconds)} left"  # at most: the trial may stop once F is stable
+    return text
 
 
 def trial_line(result: dict[str, Any]) -> str:
@@ -34,6 +87,16 @@ def trial_line(result: dict[str, Any]) -> str:
     flops = "failed" if f is None or not math.isfinite(f) else f"F={f:.3f}"
     return (f"lam={result['lam']:.6g} t={result['t']:.4g} -> {flops} ({result.get('status')}, "
             f"{result.get('epoch')} epochs, acc {fmt(result.get('val_accuracy'), '.3f')})")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _study(optuna: dict[str, str]) -> Any:
+    import optuna as _optuna
+
+    return _optuna.load_study(study_name=optuna["study_name"], storage=optuna["storage"])
 
 
 def summary(outcome: Any, target: float, delta: float) -> str:

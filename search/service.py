@@ -29,11 +29,11 @@ Echo = Callable[[str], Any]
 def run_search(spec: SearchSpec, resume: bool = False, echo: Echo = print) -> SearchOutcome:
     """Run (or, with `resume`, continue) the search of `spec`; see the module docstring."""
     from search.ray_cluster import dashboard_hint, ray_session, trial_resources
-    from search.tracking import ui_hint
+    from search.tracking import absolute_uri, ui_hint
 
     start = time.perf_counter()
     config, settings = _absolute_paths(spec.config), spec.settings
-    with ray_session(spec.ray_address) as ray_info:
+    with ray_session(spec.ray_address, job_name=f"polarsearch {spec.output.name}") as ray_info:
         echo(dashboard_hint(ray_info))
         resources = trial_resources(ray_info, spec.gpus_per_trial, settings.concurrency)
         echo(f"trials: {settings.strategy}, up to {settings.max_trials}, {settings.concurrency} at a time, "
@@ -56,7 +56,7 @@ def run_search(spec: SearchSpec, resume: bool = False, echo: Echo = print) -> Se
 
     outcome.seconds = time.perf_counter() - start
     write_result(outcome)
-    outcome.notes.append(ui_hint(spec.mlflow_uri))
+    outcome.notes.append(ui_hint(absolute_uri(spec.mlflow_uri), tracker.experiment_id))  # works from any folder
     return outcome
 
 
@@ -88,7 +88,8 @@ def _run_trials(spec: SearchSpec, config: Any, resources: dict[str, float], pare
     grid = tune.run_tuner(
         tune.trial_trainable(config), searcher, resources=resources, name=TUNE_NAME, storage_path=storage,
         max_trials=spec.settings.max_trials, parallel=spec.settings.concurrency, resume=resume,
-        callbacks=[tune.TrialEvents(trial_handlers, spec.mlflow_uri, spec.experiment, parent_id)],
+        callbacks=[tune.TrialEvents(trial_handlers, spec.mlflow_uri, spec.experiment, parent_id,
+                                    optuna if spec.settings.strategy == "optuna" else None)],
     )
     if resume:  # the Tuner ran the searcher it had saved: read the strategy's final state back
         tune.restored_searcher(searcher, storage, TUNE_NAME)

@@ -28,6 +28,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from search import views
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "polarsearch"
 KIND = "polarsearch.kind"  # search | trial | final
@@ -72,11 +74,13 @@ def absolute_uri(uri: str) -> str:
     return f"sqlite:///{path.resolve()}" if path is not None and not path.is_absolute() else uri
 
 
-def ui_hint(uri: str) -> str:
-    """How to look at the runs of this store."""
+def ui_hint(uri: str, experiment_id: str | None = None) -> str:
+    """How to look at the runs of this store: with `experiment_id`, the link opens its training runs
+    (MLflow 3's machine-learning view) rather than the GenAI overview."""
+    page = "" if experiment_id is None else f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if urlparse(uri).scheme in ("http", "https"):
-        return f"MLflow UI: {uri}"
-    return f"MLflow UI: mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000"
+        return f"MLflow UI: {uri.rstrip('/')}{page}"
+    return f"MLflow UI: mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000{page}"
 
 
 class SearchTracker:
@@ -90,6 +94,8 @@ class SearchTracker:
         self._trial_runs: dict[str, str] = {}
         self._last_epoch: dict[str, tuple[int, float]] = {}  # trial_id -> (epoch, F) last logged
         self._ended: set[str] = set()  # trial ids whose end is logged (Tune may re-run one on --resume)
+        self._numbers: dict[str, int] = {}  # trial id -> the trial's number (1-based), for names and history
+        self.target: Any = None  # search.views.Target, from the parent run's params
 
     # -- the search ---------------------------------------------------------------------------
     def start_search(self, params: dict[str, Any], run_name: str | None = None) -> str:
@@ -100,6 +106,7 @@ class SearchTracker:
         items = [Param(k, _param(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.parent_id, params=items[i:i + 100])
+        self.target = views.Target.of_run(self.client, self.parent_id)
         return self.parent_id
 
     def resume_search(self, parent_id: str) -> None:
@@ -111,9 +118,12 @@ class SearchTracker:
     def attach(self, parent_id: str) -> None:
         """Log under the existing parent run `parent_id`, continuing the trial runs already there."""
         self.parent_id = parent_id
+        self.target = views.Target.of_run(self.client, parent_id)
         for run in self._children("trial"):
             trial_id = run.data.tags[TRIAL_ID]
             self._trial_runs[trial_id] = run.info.run_id
+            if run.data.tags.get(views.NUMBER, "").isdigit():
+                self._numbers[trial_id] = int(run.data.tags[views.NUMBER])
             if run.info.status != "RUNNING":
                 self._ended.add(trial_id)
             history = self.client.get_metric_history(run.info.run_id, "flops_reduction")
@@ -130,6 +140,8 @@ class SearchTracker:
             metrics = [Metric(n, float(v), _now(), 0) for n, v in values.items()]
         self.client.log_batch(self._parent(), metrics=metrics, tags=tags)
         mlflow_status = {"interrupted": "KILLED", "failed": "FAILED"}.get(status, "FINISHED")
+        if status not in ("interrupted", "failed") and self._search_views(best, reason, status) != "hit":
+            mlflow_status = "FAILED"  # a missed target reads red in the runs table, not a green "Finished"
         self.client.set_terminated(self._parent(), status=mlflow_status)
 
     # -- the trials (from the results Ray Tune reports) ----------------------------------------
@@ -140,6 +152,7 @@ class SearchTracker:
         run_id = self._trial_run(trial_id, result)
         step = int(result["epoch"])
         metrics = [Metric(k, float(result[k]), _now(), step) for k in REPORTED if k != "epoch" and result.get(k) is not None]
+        metrics += views.log_epoch_views(self.client, run_id, result, self.target)
         self.client.log_batch(run_id, metrics=metrics)
         self._last_epoch[trial_id] = (step, _float(result.get("flops_reduction")))
 
@@ -159,6 +172,10 @@ class SearchTracker:
             tags.append(RunTag("decided", str(result["decided"])))
             metrics.append(Metric("forecast_flops_reduction", _float(result.get("forecast")), _now(), epochs))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        number = self._numbers.get(trial_id, 0)
+        views.log_trial_views(self.client, run_id, number, result, self.target)
+        history = views.history_metrics(number, _float(result.get("lam")), _float(result.get("t")), flops, self.target)
+        self.client.log_batch(self._parent(), metrics=history)  # the search's history, step = trial number
         failed = result.get("status") == "failed"
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
@@ -174,6 +191,7 @@ class SearchTracker:
             metrics=[Metric(k, v, _now(), 0) for k, v in final.metrics().items()],
             tags=[RunTag("model_path", str(final.model_path))],
         )
+        views.log_final_views(self.client, run_id, final, self.client.get_run(self._parent()).data.params.get("model"))
         example = final.example_input.detach().cpu().numpy()
         with _fluent_uri(self.uri), mlflow.start_run(run_id=run_id):
             mlflow.pytorch.log_model(final.pruned_model.cpu().eval(), name="pruned_model", input_example=example)
@@ -183,10 +201,21 @@ class SearchTracker:
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(views.EXPERIMENT_KIND[0]) is None:
+                self.client.set_experiment_tag(found.experiment_id, *views.EXPERIMENT_KIND)
             return found.experiment_id
         path = _sqlite_path(self.uri)
         location = (path.resolve().parent / "mlruns").as_uri() if path is not None else None
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location, tags=dict([views.EXPERIMENT_KIND]))
+
+    def _search_views(self, best: Any | None, reason: str, status: str) -> str:
+        """Verdict, description, winner and figures of the search, from its trial runs; returns the verdict."""
+        trials = [{"number": int(r.data.tags.get(views.NUMBER, 0) or 0), "lam": float(r.data.params["lam"]),
+                   "t": float(r.data.params["t"]), "flops_reduction": r.data.metrics.get("flops_reduction"),
+                   "status": r.data.tags.get("status"), "run_id": r.info.run_id, "name": r.info.run_name}
+                  for r in self._children("trial")]  # fmt: skip
+        trials.sort(key=lambda tr: tr["number"])
+        return views.log_search_views(self.client, self._parent(), trials, best, self.target, reason, status)
 
     def _parent(self) -> str:
         if self.parent_id is None:
@@ -196,9 +225,12 @@ class SearchTracker:
     def _trial_run(self, trial_id: str, result: dict[str, Any]) -> str:
         if trial_id not in self._trial_runs:
             lam, t = result.get("lam"), result.get("t")
+            number = int(result.get("trial") or len(self._trial_runs) + 1)
+            self._numbers[trial_id] = number
             run = self.client.create_run(
-                self.experiment_id, run_name=f"trial lam={lam:.4g} t={t:.4g}",
-                tags={KIND: "trial", TRIAL_ID: trial_id, "mlflow.parentRunId": self._parent(), "status": "running"},
+                self.experiment_id, run_name=views.trial_name(number, lam, t),
+                tags={KIND: "trial", TRIAL_ID: trial_id, "mlflow.parentRunId": self._parent(), "status": "running",
+                      views.NUMBER: str(number)},
             )
             self.client.log_batch(run.info.run_id, params=[Param("lam", _param(lam)), Param("t", _param(t))])
             self._trial_runs[trial_id] = run.info.run_id

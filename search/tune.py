@@ -96,12 +96,40 @@ class AskTellSearcher(Searcher):
 
 
 def trial_trainable(config: Any) -> Callable:
-    """The Tune trainable of a search whose trials all share `config` (trainers.config.Config)."""
-    return tune.with_parameters(polarized_trial, base=config)
+    """The Tune trainable of a search whose trials all share `config` (trainers.config.Config).
+
+    A class over Tune's function wrapper whose repr is the trial's name: Ray shows an actor's repr
+    in its dashboard (and prefixes its log lines with it), so each trial reads "#3 λ=… t=…" there
+    rather than an anonymous `ImplicitFunc`."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    implicit = wrap_function(tune.with_parameters(polarized_trial, base=config))
+
+    class PolarizedTrial(implicit):  # type: ignore[misc, valid-type]
+        def __repr__(self) -> str:
+            info = getattr(self, "_trial_info", None)
+            return info.trial_name if info is not None else "polarized_trial"
+
+    return PolarizedTrial
+
+
+def trial_name(trial: Any) -> str:
+    """Tune's name of a trial (Ray dashboard, Tune's folders): its number, λ and t, as MLflow names it."""
+    from search.views import trial_name as name
+
+    config = trial.config
+    return name(int(config.get("proposal", 0)) + 1, float(config["lam"]), float(config["t"]))
+
+
+def trial_dirname(trial: Any) -> str:
+    """The trial's folder under ray/tune/: its number, λ and t, in characters any file system takes."""
+    config = trial.config
+    return f"trial_{int(config.get('proposal', 0)) + 1}_lam{float(config['lam']):.1e}_t{float(config['t']):.3g}"
 
 
 def polarized_trial(params: dict[str, Any], base: Any) -> None:
     """Tune function trainable: one short polarized run at (lam, t), `base` being the Config."""
+    from search.report import epoch_line
     from trainers.trial import run_trial
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint is noise beside Tune's table
@@ -113,13 +141,21 @@ def polarized_trial(params: dict[str, Any], base: Any) -> None:
             with restored.as_directory() as folder:
                 shutil.copytree(folder, work, dirs_exist_ok=True)
 
+        number = int(params.get("proposal", 0)) + 1
+
         def report(metrics: dict[str, Any]) -> None:
-            tune.report(epoch_metrics(metrics, lam, t), checkpoint=tune.Checkpoint.from_directory(work))
+            row = epoch_metrics(metrics, lam, t)
+            # for the console line and MLflow's views: the trial's number, s/epoch, the γ histogram
+            row.update(trial=number, seconds=_number(metrics.get("seconds")),
+                       gamma_histogram=gamma_counts(work, base.bin_width, base.gamma_upper))
+            print(epoch_line(row, max_epochs=base.max_epochs), flush=True)  # the actor's log, in Ray's dashboard
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(work))
 
         window = params.get("window")
         decide = None if window is None else decider(tuple(window), base.max_epochs)
         result = run_trial(base, lam, t, report=report, checkpoint_dir=work, decide=decide)
-        tune.report(final_metrics(result, lam, t))
+        print(f"trial {number} ended: {result.status}, F={result.flops_reduction:.3f} {result.message}", flush=True)
+        tune.report({**final_metrics(result, lam, t), "trial": number})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -133,6 +169,23 @@ def epoch_metrics(metrics: dict[str, Any], lam: float, t: float) -> dict[str, An
     row["epoch"] = int(metrics["epoch"])
     row["status"] = RUNNING
     return row
+
+
+def gamma_counts(work: Path, bin_width: float, upper: float) -> list[int] | None:
+    """The histogram of |γ| (pruning.threshold.histogram) of the BNs in the epoch's checkpoint
+    (every BN: its weight beside a running mean), or None when there is none to read."""
+    import torch
+
+    from pruning.threshold import histogram
+    from trainers.trial import CHECKPOINT
+
+    try:
+        state = torch.load(work / CHECKPOINT, map_location="cpu", weights_only=True)["model"]
+    except (OSError, KeyError, RuntimeError):
+        return None
+    gammas = [v.reshape(-1) for k, v in state.items()
+              if k.endswith(".weight") and f"{k[:-len('weight')]}running_mean" in state]  # fmt: skip
+    return histogram(torch.cat(gammas), bin_width, upper).tolist() if gammas else None
 
 
 def decider(window: tuple[float, float], max_epochs: int) -> Callable:
@@ -219,11 +272,13 @@ def run_tuner(
     parallel: int = 1,
     callbacks: list | None = None,
     resume: bool = False,
-    verbose: int = 1,
+    verbose: int = 0,
 ) -> tune.ResultGrid:
     """Run the search's trials through one Tuner (or resume the Tuner saved at storage_path/name).
 
-    `trainable(params)` is wrapped with `resources` per trial; actors are reused between trials.
+    `trainable(params)` is wrapped with `resources` per trial; each trial has its own actor, named
+    after it (`trial_name`), so Ray's dashboard tells them apart. Progress is the callbacks' one
+    line per epoch (search.report); `verbose` >= 1 brings back Tune's table every 30 s.
     """
     trainable = tune.with_resources(trainable, resources)
     experiment = Path(storage_path).resolve() / name
@@ -236,7 +291,9 @@ def run_tuner(
                 search_alg=searcher,
                 num_samples=max_trials,
                 max_concurrent_trials=parallel,
-                reuse_actors=True,
+                reuse_actors=False,  # an actor's repr (its name in the dashboard) is taken when it starts
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -248,15 +305,22 @@ def run_tuner(
                     metric_columns={"epoch": "epoch", "flops_reduction": "F", "val_accuracy": "accuracy",
                                     "status": "trial result"},
                     max_report_frequency=30,
-                ),
+                ) if verbose else None,
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
     # The legacy output engine is the one that honours the CLIReporter's columns (λ, t, F, accuracy);
     # num_to_keep=1 forces a state snapshot per checkpoint, which Tune warns about when epochs are short.
-    with scoped_env("RAY_AIR_NEW_OUTPUT", "0"), scoped_env("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"):
-        return tuner.fit()
+    # Tune's "operation took 0.7 s" warnings time our own callbacks (MLflow, figures): not news to the user.
+    slow = logging.getLogger("ray.tune.utils.util")
+    level = slow.level
+    slow.setLevel(logging.ERROR)
+    try:
+        with scoped_env("RAY_AIR_NEW_OUTPUT", "0"), scoped_env("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"):
+            return tuner.fit()
+    finally:
+        slow.setLevel(level)
 
 
 def restored_searcher(searcher: AskTellSearcher, storage_path: str | Path, name: str) -> AskTellSearcher:

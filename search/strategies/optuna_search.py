@@ -10,6 +10,26 @@ from typing import Any
 
 from search.strategies.base import Point, Proposal, Strategy, Trial, register, round_t
 
+PROPOSAL_ATTR = "proposal"  # the user attribute of an Optuna trial that holds its proposal's id
+
+
+def report_epoch(study: Any, proposal: int, epoch: int, gap: float) -> None:
+    """Report |F − F*| after `epoch` of the running trial of `proposal` as an intermediate value
+    (`optuna.trial.Trial.report`), so Optuna Dashboard draws the trials' learning curves.
+
+    Called from the driver as epochs arrive, with its own handle on the study's storage; a trial
+    that is not running any more (told already) or not found is left alone."""
+    import math
+
+    import optuna
+
+    if not math.isfinite(gap):
+        return
+    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if frozen.user_attrs.get(PROPOSAL_ATTR) == proposal:
+            optuna.trial.Trial(study, frozen._trial_id).report(gap, epoch)
+            return
+
 
 @register
 class OptunaSearch(Strategy):
@@ -53,6 +73,7 @@ class OptunaSearch(Strategy):
             self._study.enqueue_trial(self._first)
         trial = self._study.ask(self._space)
         self._numbers[str(self._next_id)] = trial.number  # one point per call: it gets the next id
+        trial.set_user_attr(PROPOSAL_ATTR, self._next_id)  # how report_epoch finds it from the trial's reports
         return [(float(trial.params["lam"]), round_t(trial.params["t"]))]
 
     def _observe(self, trial: Trial) -> None:
