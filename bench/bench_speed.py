@@ -8,8 +8,8 @@ For each model and target F: γ as a polarized run leaves them (bench/speed_vari
 per seed of which channels go), pruned by `pruning.surgery.prune`; beside it the uniform-width
 network of equal FLOPs and Torch-Pruning's coupled pruning of the same γ (when installed). Every
 network is timed as it is deployed (eval mode, BN folded) on random tensors, dense and variants
-interleaved (D O U T D O U T ...) so that a busy machine slows all alike; medians over runs, then
-the median over seeds. Printed: speed-up = dense ms / variant ms, and ratio = speed-up × (1 − F),
+interleaved (D O U T D O U T ...) so that a busy machine slows all alike, timed by this process's
+CPU time on a CPU (other processes barely touch it); medians over runs, then over seeds. Printed: speed-up = dense ms / variant ms, and ratio = speed-up × (1 − F),
 which is 1 when time falls with FLOPs. Batch 1 and a throughput batch (64 at 32², 8 at 224²).
 """
 
@@ -37,22 +37,27 @@ VARIANTS = ("ours", "uniform", "torch_pruning")
 
 
 @torch.inference_mode()
-def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: int, warmup: int = 2) -> dict[str, float]:
-    """Median milliseconds of each model on `x`, the models run in turn within each round."""
+def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: int, clock: str = "cpu",
+                   warmup: int = 2) -> dict[str, float]:  # fmt: skip
+    """Median milliseconds of each model on `x`, the models run in turn within each round.
+
+    `clock` "cpu": this process's CPU time, which other processes on a shared machine barely touch
+    (the latency with 1 thread; with more, the work of all of them); "wall": elapsed time (a GPU)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(warmup + runs):
         for name, model in models.items():
-            start = time.perf_counter()
+            start = now()
             model(x)
             if x.is_cuda:
                 torch.cuda.synchronize()
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(now() - start)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int], runs: int,
-                device: torch.device) -> list[dict]:  # fmt: skip
+                device: torch.device, clock: str) -> list[dict]:  # fmt: skip
     side = input_size(name)
     shape = (3, side, side)
     batches = [1, 64 if side <= 64 else 8]
@@ -77,7 +82,7 @@ def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int
                 torch.set_num_threads(n_threads)
                 for batch in batches:
                     x = torch.randn(batch, *shape, device=device)
-                    ms = interleaved_ms(timed, x, runs if batch == 1 else max(3, runs // 2))
+                    ms = interleaved_ms(timed, x, runs if batch == 1 else max(3, runs // 2), clock)
                     per_seed.append({"threads": n_threads, "batch": batch, "seed": seed, "ms": ms, "F": f_of,
                                      "skipped": {k: v for k, v in variants.items() if isinstance(v, str)}})  # fmt: skip
         for n_threads in threads:
@@ -174,22 +179,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", choices=["cpu", "wall"], help="default: cpu on a CPU, wall on a GPU")
     parser.add_argument("--json", type=Path, help="write the results here (with machine, versions, commit)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.fractions, args.seeds, args.threads, args.runs = [0.5], 1, [1], 7
+        args.fractions, args.seeds, args.threads, args.runs = [0.5], 1, [1], min(args.runs, 7)
     device = torch.device(args.device)
+    clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
     env = environment()
     if env["versions"]["torch_pruning"] is None:
         print("Torch-Pruning is not installed: its column is skipped (pip install -e '.[bench]')")
     rows = []
     for name in args.models:
-        rows += bench_model(name, args.fractions, args.seeds, args.threads, args.runs, device)
+        rows += bench_model(name, args.fractions, args.seeds, args.threads, args.runs, device, clock)
     env["load_average_after"] = os.getloadavg()
     print(markdown(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**env, "args": sys.argv[1:], "rows": rows}, indent=1) + "\n")
+        args.json.write_text(json.dumps({**env, "clock": clock, "args": sys.argv[1:], "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
