@@ -153,7 +153,11 @@ def polarized_trial(params: dict[str, Any], base: Any) -> None:
 
         window = params.get("window")
         decide = None if window is None else decider(tuple(window), base.max_epochs)
-        result = run_trial(base, lam, t, report=report, checkpoint_dir=work, decide=decide)
+        try:
+            result = run_trial(base, lam, t, report=report, checkpoint_dir=work, decide=decide)
+        except OSError as error:  # a full disk, an I/O error: the trial fails with the reason, once
+            tune.report({**io_failure(error, lam, t), "trial": number})
+            return
         print(f"trial {number} ended: {result.status}, F={result.flops_reduction:.3f} {result.message}", flush=True)
         tune.report({**final_metrics(result, lam, t), "trial": number})
     finally:
@@ -215,6 +219,16 @@ def final_metrics(result: Any, lam: float, t: float) -> dict[str, Any]:
             f"decided {decision['side']} [{low:.3f}, {high:.3f}] at epoch {decision['epoch']}: F={decision['flops_reduction']:.3f}, "
             f"stable F within [{decision['low']:.3f}, {decision['high']:.3f}]"))
     return row
+
+
+def io_failure(error: OSError, lam: float, t: float) -> dict[str, Any]:
+    """The last report of a trial stopped by an OSError: failed, the reason in `message` and `io_error`
+    (the driver ends the search on a full disk or a failing file system rather than try the next trial)."""
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    reason = f"{type(error).__name__}: [Errno {error.errno}] {error.strerror or error}{where}"
+    return {"lam": lam, "t": t, "epoch": 0, "flops_reduction": math.nan, "val_accuracy": math.nan,
+            "threshold": math.nan, "loss": math.nan, "status": "failed", "message": reason,
+            "io_error": reason, "errno": error.errno or 0}  # fmt: skip
 
 
 def _number(value: Any) -> float:

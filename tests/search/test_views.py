@@ -159,3 +159,23 @@ def _artifacts(client, run_id, path=None):
     for item in client.list_artifacts(run_id, path):
         out.extend(_artifacts(client, run_id, item.path) if item.is_dir else [item.path])
     return out
+
+
+@pytest.mark.parametrize(("flops", "flag", "code"), [(0.66, True, 3), (0.55, True, 0), (0.66, False, 0)])
+def test_fail_on_miss_exit_status(monkeypatch, tmp_path, capsys, flops, flag, code):
+    """--fail-on-miss: exit 3 when the winner is outside F* ± δ; without it, 0 as before."""
+    import search.inputs
+    import search.service
+    from search.cli import main
+    from search.outcome import SearchOutcome, SearchSpec
+    from search.settings import SearchSettings
+    from trainers.config import load_config
+
+    spec = SearchSpec(load_config("smoke", {"data_dir": str(tmp_path)}), SearchSettings(target=TARGET, delta=DELTA),
+                      output=tmp_path / "out")  # fmt: skip
+    best = Trial(id=0, lam=1e-2, t=1.2, flops_reduction=flops, status="ok")
+    outcome = SearchOutcome(trials=[], best=best, converged=False, reason="max_trials reached", output=spec.output)
+    monkeypatch.setattr(search.inputs, "search_spec", lambda args: spec)
+    monkeypatch.setattr(search.service, "run_search", lambda *a, **k: outcome)
+    assert main(["--target-flops", "0.5", *(["--fail-on-miss"] if flag else [])]) == code
+    assert ("was missed" in capsys.readouterr().err) == (code == 3)
