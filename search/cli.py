@@ -69,7 +69,7 @@ def search_command(args: argparse.Namespace) -> int:
     from search.inputs import search_spec
     from search.ray_cluster import ResourceError
     from search.report import summary
-    from search.service import run_search
+    from search.service import SearchFailed, run_search
 
     spec = search_spec(args)
     settings = spec.settings
@@ -82,6 +82,9 @@ def search_command(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     except ConnectionError as error:  # a Ray cluster that went away between the check and ray.init
         raise UsageError(f"cannot connect to Ray: {(str(error).splitlines() or [''])[0]}") from None
+    except SearchFailed as error:  # a full disk, an I/O error: the parent run is FAILED with the reason
+        print(f"{PROG}: error: the search failed: {error}", file=sys.stderr)
+        return 1
     print(summary(outcome, settings.target, settings.delta))
     if outcome.interrupted:
         print(f"{PROG}: interrupted; continue with: {PROG} --resume --output {spec.output}", file=sys.stderr)

@@ -118,10 +118,14 @@ def write_result(outcome: SearchOutcome) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """`data` as strict JSON (NaN and infinities as null), written atomically."""
+    """`data` as strict JSON (NaN and infinities as null), written atomically: the whole file or none."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_strict(data), indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_strict(data), indent=2, default=str, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half-written file left beside the old one (or none)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _strict(value: Any) -> Any:

@@ -15,12 +15,22 @@ optuna strategy's study), `final/` (the final job's exports) and `result.json` (
 from __future__ import annotations
 
 import dataclasses
+import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from search.outcome import SearchOutcome, SearchSpec, TrialRow, read_spec, write_result, write_spec
+from search.outcome import (
+    RESULT_FILE,
+    SearchOutcome,
+    SearchSpec,
+    TrialRow,
+    read_spec,
+    write_json,
+    write_result,
+    write_spec,
+)
 
 TUNE_NAME = "tune"
 Echo = Callable[[str], Any]
@@ -36,10 +46,12 @@ def run_search(spec: SearchSpec, resume: bool = False, echo: Echo = print) -> Se
     with ray_session(spec.ray_address, job_name=f"polarsearch {spec.output.name}") as ray_info:
         echo(dashboard_hint(ray_info))
         resources = trial_resources(ray_info, spec.gpus_per_trial, settings.concurrency)
+        _check_device(config.device, resources)
         echo(f"trials: {settings.strategy}, up to {settings.max_trials}, {settings.concurrency} at a time, "
              f"each with {resources['cpu']:g} CPU and {resources['gpu']:g} GPU")
-        tracker = _open_tracking(spec, resume)
+        tracker = _tracker(spec)
         try:
+            _open_tracking(tracker, spec, resume)
             outcome = _run_trials(spec, config, resources, tracker.parent_id, resume)
             if outcome.interrupted:
                 outcome.notes.append("interrupted: no final job")
@@ -49,29 +61,94 @@ def run_search(spec: SearchSpec, resume: bool = False, echo: Echo = print) -> Se
                 outcome.notes.append("final job skipped (--skip-final)")
             else:
                 _run_final(outcome, config, spec.output.resolve() / "final", resources, tracker, echo)
+            outcome.seconds = time.perf_counter() - start
+            write_result(outcome)  # before the parent run ends: a result that cannot be written fails it
         except KeyboardInterrupt:  # outside Tune's own handling (the final job, MLflow)
             tracker.end_search("interrupted", "interrupted", None)
             raise
+        except Exception as error:  # noqa: BLE001 - a full disk, an I/O error, a store that broke: one line
+            raise _failed(tracker, spec, error) from None
         tracker.end_search(outcome.status, outcome.reason, outcome.best)
 
-    outcome.seconds = time.perf_counter() - start
-    write_result(outcome)
     outcome.notes.append(ui_hint(absolute_uri(spec.mlflow_uri), tracker.experiment_id))  # works from any folder
     return outcome
 
 
-def _open_tracking(spec: SearchSpec, resume: bool) -> Any:
-    """The MLflow tracker of the search: a new parent run (and search.json), or the saved one."""
-    from search.tracking import SearchTracker, absolute_uri
+class SearchFailed(RuntimeError):
+    """The search could not go on (a full disk, an I/O error, a tracking store that broke); one line.
+    Its parent run is ended FAILED with the reason, and result.json says so where it can be written."""
+
+
+def _failed(tracker: Any, spec: SearchSpec, error: BaseException) -> SearchFailed:
+    """Record the failure wherever it can still be recorded; the SearchFailed to raise."""
+    reason = one_line(error)
+    if tracker is not None and tracker.parent_id is not None:
+        try:
+            tracker.end_search("failed", reason, None)
+        except Exception as also:  # noqa: BLE001 - e.g. the store is on the full disk too
+            reason += f" (and the MLflow run could not be ended: {one_line(also)})"
+    try:
+        write_json(spec.output / RESULT_FILE, {"status": "failed", "reason": reason,
+                                                "parent_run_id": getattr(tracker, "parent_id", None)})  # fmt: skip
+    except OSError:
+        pass  # the output is what failed: the one line and the MLflow run carry the reason
+    return SearchFailed(reason)
+
+
+def one_line(error: BaseException) -> str:
+    """`error` as one line: the exception a Ray task or actor raised rather than its wrapper."""
+    if isinstance(error, SearchFailed):
+        return str(error)
+    cause = getattr(error, "cause", None) or error
+    text = " ".join((str(cause).strip().splitlines() or [""])[0].split())
+    return f"{type(cause).__name__}: {text}"[:300]
+
+
+def _raise_io_errors(grid: Any) -> None:
+    """SearchFailed when a trial met a full disk, a read-only or failing file system or a quota: the
+    machine's fault, not the trial's outcome, and the next trial would meet the same disk."""
+    io_errnos = (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT)
+    for result in grid:
+        if result.metrics and result.metrics.get("errno") in io_errnos:  # reported by the trial (tune.io_failure)
+            raise SearchFailed(f"a trial failed on an I/O error: {result.metrics['io_error']}")
+    try:
+        errors = list(grid.errors)
+    except Exception:  # noqa: BLE001 - Tune's own error files may be what the full disk cut short
+        errors = []
+    for error in errors:
+        cause = getattr(error, "cause", None) or error
+        if isinstance(cause, OSError) and cause.errno in io_errnos:
+            raise SearchFailed(f"a trial failed on an I/O error: {one_line(error)}")
+
+
+def _check_device(device: str, resources: dict[str, float]) -> None:
+    """A trial that asks for CUDA needs a GPU share (the local check cannot see a cluster's workers)."""
+    from search.ray_cluster import ResourceError
+
+    if device.startswith("cuda") and resources["gpu"] <= 0:
+        raise ResourceError(f"--device {device} but the trials get no GPU (the Ray cluster has none, "
+                            "or --gpus-per-trial 0)")  # fmt: skip
+
+
+def _tracker(spec: SearchSpec) -> Any:
+    from search.tracking import SearchTracker
+
+    try:
+        return SearchTracker(spec.mlflow_uri, spec.experiment)
+    except Exception as error:  # noqa: BLE001 - the store was checked; it broke since (or is full)
+        raise SearchFailed(f"MLflow store {spec.mlflow_uri}: {one_line(error)}") from None
+
+
+def _open_tracking(tracker: Any, spec: SearchSpec, resume: bool) -> None:
+    """The parent run of the search: a new one (and search.json), or the saved one."""
+    from search.tracking import absolute_uri
 
     spec.output.mkdir(parents=True, exist_ok=True)
-    tracker = SearchTracker(spec.mlflow_uri, spec.experiment)
     if resume:
         tracker.resume_search(read_spec(spec.output)["parent_run_id"])
     else:
         parent = tracker.start_search(spec.params(), run_name=spec.output.name)
         write_spec(spec, parent, absolute_uri(spec.mlflow_uri))
-    return tracker
 
 
 def _run_trials(spec: SearchSpec, config: Any, resources: dict[str, float], parent_id: str,
@@ -88,9 +165,11 @@ def _run_trials(spec: SearchSpec, config: Any, resources: dict[str, float], pare
     grid = tune.run_tuner(
         tune.trial_trainable(config), searcher, resources=resources, name=TUNE_NAME, storage_path=storage,
         max_trials=spec.settings.max_trials, parallel=spec.settings.concurrency, resume=resume,
+        workers=config.workers_per_trial,
         callbacks=[tune.TrialEvents(trial_handlers, spec.mlflow_uri, spec.experiment, parent_id,
                                     optuna if spec.settings.strategy == "optuna" else None)],
     )
+    _raise_io_errors(grid)
     if resume:  # the Tuner ran the searcher it had saved: read the strategy's final state back
         tune.restored_searcher(searcher, storage, TUNE_NAME)
     reported = {result.metrics.get("trial_id"): result.metrics for result in grid}
@@ -111,7 +190,7 @@ def _run_final(outcome: SearchOutcome, config: Any, output: Path, resources: dic
     lam, t = outcome.best.lam, outcome.best.t
     echo(f"final job: lam={lam:.6g} t={t:.4g} (a Ray task with the search's resources)")
     try:
-        outcome.final = tune.run_remote(_final_job, config, lam, t, str(output), resources=resources)
+        outcome.final = tune.run_final_job(_final_job, config, lam, t, str(output), resources=resources)
         outcome.final_run_id = tracker.log_final(outcome.final, lam, t)
     except Exception as error:  # noqa: BLE001 - the search stands; its final job's failure is reported
         cause = getattr(error, "cause", None) or error  # a RayTaskError wraps the job's own exception

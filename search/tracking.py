@@ -124,7 +124,7 @@ class SearchTracker:
             self._trial_runs[trial_id] = run.info.run_id
             if run.data.tags.get(views.NUMBER, "").isdigit():
                 self._numbers[trial_id] = int(run.data.tags[views.NUMBER])
-            if run.info.status != "RUNNING":
+            if run.info.status not in ("RUNNING", "KILLED"):  # KILLED: interrupted, continued on --resume
                 self._ended.add(trial_id)
             history = self.client.get_metric_history(run.info.run_id, "flops_reduction")
             if history:
@@ -140,6 +140,11 @@ class SearchTracker:
             metrics = [Metric(n, float(v), _now(), 0) for n, v in values.items()]
         self.client.log_batch(self._parent(), metrics=metrics, tags=tags)
         mlflow_status = {"interrupted": "KILLED", "failed": "FAILED"}.get(status, "FINISHED")
+        if status in ("interrupted", "failed"):  # the trials still running were stopped with the search
+            for run in self._children("trial"):
+                if run.info.status == "RUNNING":
+                    self.client.set_tag(run.info.run_id, "status", "interrupted")
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
         if status not in ("interrupted", "failed") and self._search_views(best, reason, status) != "hit":
             mlflow_status = "FAILED"  # a missed target reads red in the runs table, not a green "Finished"
         self.client.set_terminated(self._parent(), status=mlflow_status)
@@ -149,8 +154,10 @@ class SearchTracker:
         """One epoch of a trial: its metrics at step = epoch."""
         from trainers.trial import REPORTED
 
-        run_id = self._trial_run(trial_id, result)
         step = int(result["epoch"])
+        if step <= self._last_epoch.get(trial_id, (0, math.nan))[0]:
+            return  # a retried worker reports again the epochs after its checkpoint: logged once
+        run_id = self._trial_run(trial_id, result)
         metrics = [Metric(k, float(result[k]), _now(), step) for k in REPORTED if k != "epoch" and result.get(k) is not None]
         metrics += views.log_epoch_views(self.client, run_id, result, self.target)
         self.client.log_batch(run_id, metrics=metrics)

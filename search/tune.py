@@ -295,6 +295,8 @@ def run_tuner(
     line per epoch (search.report); `verbose` >= 1 brings back Tune's table every 30 s.
     """
     trainable = tune.with_resources(trainable, resources)
+    if isinstance(trainable, type):  # the dashboard's Class column: not "with_resources.<locals>.ResourceTrainable"
+        trainable.__name__ = trainable.__qualname__ = "PolarizedTrial"
     experiment = Path(storage_path).resolve() / name
     if resume:
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
