@@ -47,6 +47,8 @@ CONFIG_FLAGS = {
     "regularizer": "the sparsity term on γ: polarization, l1 (Network Slimming) or none",
     "baseline": "none (the paper's method), slimming (l1, percentile threshold) or uniform (width × w)",
     "baseline_flops": "the FLOPs reduction a slimming or uniform baseline is asked for",
+    "workers_per_trial": "data-parallel workers per trial (Ray Train, DDP), each with its share of the trial's CPUs/GPUs",
+    "final_workers": "data-parallel workers of the final job (Ray Train, DDP), each with its share of its CPUs/GPUs",
 }
 # Search settings that have a flag beside --target-flops (the CLI adds each one's default).
 SETTINGS_FLAGS = {

@@ -6,6 +6,9 @@ The strategies (Algorithm 1 and the others) never import Ray: `AskTellSearcher` 
 `trainers.trial.run_trial` reporting every epoch through `tune.report` with a checkpoint, so a
 killed trial resumes from its last epoch; its last report carries the stable F and its status.
 
+A trial or final job with more than one worker (`workers_per_trial`, `final_workers`) is a Ray
+Train run driven from here (`search.train_workers`): data-parallel replicas of the same code.
+
 Starting (or joining) the Ray all this runs on is `search.ray_cluster`'s job.
 """
 
@@ -129,6 +132,10 @@ def trial_dirname(trial: Any) -> str:
 
 def polarized_trial(params: dict[str, Any], base: Any) -> None:
     """Tune function trainable: one short polarized run at (lam, t), `base` being the Config."""
+    if base.workers_per_trial > 1:  # data-parallel: this trial drives Ray Train workers
+        from search.train_workers import fit_trial
+
+        return fit_trial(params, base)
     from search.report import epoch_line
     from trainers.trial import run_trial
 
@@ -287,6 +294,7 @@ def run_tuner(
     callbacks: list | None = None,
     resume: bool = False,
     verbose: int = 0,
+    workers: int = 1,
 ) -> tune.ResultGrid:
     """Run the search's trials through one Tuner (or resume the Tuner saved at storage_path/name).
 
@@ -294,6 +302,12 @@ def run_tuner(
     after it (`trial_name`), so Ray's dashboard tells them apart. Progress is the callbacks' one
     line per epoch (search.report); `verbose` >= 1 brings back Tune's table every 30 s.
     """
+    param_space = None
+    if workers > 1:  # data-parallel trials: the Tune actor drives, its Ray Train workers hold the resources
+        from search.train_workers import DRIVER_CPU, worker_share
+
+        param_space = {"worker_resources": worker_share(resources, workers)}
+        resources = {"cpu": DRIVER_CPU, "gpu": 0.0}
     trainable = tune.with_resources(trainable, resources)
     if isinstance(trainable, type):  # the dashboard's Class column: not "with_resources.<locals>.ResourceTrainable"
         trainable.__name__ = trainable.__qualname__ = "PolarizedTrial"
@@ -303,6 +317,7 @@ def run_tuner(
     else:
         tuner = tune.Tuner(
             trainable,
+            param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 num_samples=max_trials,
@@ -343,6 +358,17 @@ def restored_searcher(searcher: AskTellSearcher, storage_path: str | Path, name:
     """`searcher` loaded with the newest state a Tuner saved in storage_path/name (after a resume)."""
     searcher.restore_from_dir(str(Path(storage_path).resolve() / name))
     return searcher
+
+
+def run_final_job(fn: Callable, config: Any, lam: float, t: float, output_dir: str, *,
+                  resources: dict[str, float]) -> Any:  # fmt: skip
+    """The final job: fn(config, lam, t, output_dir) as one Ray task, or with `final_workers` > 1
+    run_final data-parallel on Ray Train workers sharing `resources` (search.train_workers)."""
+    if config.final_workers > 1:
+        from search.train_workers import fit_final
+
+        return fit_final(config, lam, t, output_dir, resources)
+    return run_remote(fn, config, lam, t, output_dir, resources=resources)
 
 
 def run_remote(fn: Callable, *args: Any, resources: dict[str, float]) -> Any:
