@@ -87,10 +87,7 @@ class Algorithm1(Strategy):
 
     def window(self, proposal: Any) -> tuple[float, float] | None:
         """The λ phase asks for the side of the 2δ window, the t phase for that of the δ window."""
-        if not self.settings.early_decisions:
-            return None
-        width = 2 * self.delta if self._s["phase"] == "lambda" else self.delta
-        return self.target - width, self.target + width
+        return self._window(2 * self.delta if self._s["phase"] == "lambda" else self.delta)
 
     def _propose(self) -> list[Point]:
         s = self._s

@@ -176,9 +176,11 @@ class Strategy(ABC):
         right after `ask()`: a trial whose F is known to land outside it may stop early (issue 13).
         None when early decisions are off. Here: the δ window (only a trial inside it is the answer)."""
         del proposal
-        if not self.settings.early_decisions:
-            return None
-        return self.target - self.delta, self.target + self.delta
+        return self._window(self.delta)
+
+    def _window(self, half_width: float) -> tuple[float, float] | None:
+        """F* ± half_width, or None when early decisions are off."""
+        return (self.target - half_width, self.target + half_width) if self.settings.early_decisions else None
 
     def tell(self, proposal: Proposal | int, flops_reduction: float | None, decided: str | None = None) -> None:
         """Record the result of an outstanding proposal (given as itself or by its id); `decided`: the

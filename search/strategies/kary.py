@@ -34,10 +34,7 @@ class KAry(TwoPhase):
 
     def window(self, proposal: Any) -> tuple[float, float] | None:
         """A λ round sorts its trials by the 2δ window, a t round by the δ window."""
-        if not self.settings.early_decisions:
-            return None
-        width = 2 * self.delta if self._s["phase"] == "lambda" else self.delta
-        return self.target - width, self.target + width
+        return self._window(2 * self.delta if self._s["phase"] == "lambda" else self.delta)
 
     def _propose(self) -> list[Point]:
         s = self._s
