@@ -27,6 +27,7 @@ def trial_command(args: argparse.Namespace) -> int:
         check_here(config, output)
         import torch
 
+        from trainers.data import DataError
         from trainers.trial import REPORTED, run_trial
 
         def report(metrics: dict[str, Any]) -> None:
@@ -40,7 +41,10 @@ def trial_command(args: argparse.Namespace) -> int:
             out.flush()
 
         output.mkdir(parents=True, exist_ok=True)
-        result = run_trial(config, args.lam, args.t, report=report, checkpoint_dir=output)
+        try:
+            result = run_trial(config, args.lam, args.t, report=report, checkpoint_dir=output)
+        except (DataError, OSError) as error:
+            return job_error(error)
         line = (f"trial {result.status}: F={fmt(result.flops_reduction, '.3f')} after {result.epochs} epochs"
                 f"{'; ' + result.message if result.message else ''}")
         if result.model_state is None:
@@ -57,17 +61,32 @@ def final_command(args: argparse.Namespace) -> int:
     config = config_of(args)
     output = args.output or Path("outputs") / time.strftime("final-%Y%m%d-%H%M%S")
     check_here(config, output)
+    from trainers.data import DataError
     from trainers.final import run_final
 
     def report(stats: dict[str, Any]) -> None:
         print(f"{stats.get('phase')} epoch {stats.get('epoch')}: loss {fmt(stats.get('loss'), '.4f')}", flush=True)
 
-    result = run_final(config, args.lam, args.t, output, report=report)
+    try:
+        result = run_final(config, args.lam, args.t, output, report=report)
+    except (DataError, OSError) as error:
+        return job_error(error)
     print("\n".join(final_lines(result)))
     latency = ", ".join(f"batch {b}: {result.latency_ms_before[b]:.2f} -> {ms:.2f} ms"
                         for b, ms in result.latency_ms_after.items())  # fmt: skip
     print(f"latency: {latency}")
     return 0
+
+
+def job_error(error: Exception) -> int:
+    """One line for what stopped a job midway: a damaged image met in a streamed tree (exit 2, bad
+    input; DataLoader workers wrap it, its last line is the error) or a full disk / I/O error (exit 1)."""
+    from trainers.data import DataError
+
+    last = (str(error).strip().splitlines() or [""])[-1].split("DataError: ", 1)[-1]
+    bad_input = isinstance(error, DataError)
+    print(f"polarsearch: error: {last if bad_input else f'{type(error).__name__}: {last}'}", file=sys.stderr)
+    return 2 if bad_input else 1
 
 
 def check_here(config: Any, output: Path) -> None:

@@ -189,7 +189,8 @@ def _search(tmp_path: Path, *extra: str, output: str = "out") -> list[str]:
 
 
 @contextmanager
-def _started(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def _started(argv: list[str], cwd: Path, env: dict[str, str] | None = None,
+             stop_stale: bool = True) -> Iterator[subprocess.Popen]:  # fmt: skip
     """A polarsearch process; SIGKILLed with what it started if the test ends before it does."""
     with open(cwd / f"stderr-{len(list(cwd.glob('stderr-*')))}.txt", "w+") as err:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True,
@@ -201,7 +202,8 @@ def _started(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> I
             if proc.poll() is None:
                 _kill_tree(proc.pid)
                 proc.wait(30)
-            _stop_stale()
+            if stop_stale:
+                _stop_stale()
 
 
 def _stderr(proc: subprocess.Popen) -> str:
@@ -264,7 +266,7 @@ def _trial_worker(driver: int) -> int | None:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         except OSError:
             continue
-        if title.startswith("ray::ImplicitFunc") or "polarized_trial" in title:
+        if title.startswith("ray::") and any(n in title for n in ("PolarizedTrial", "ImplicitFunc", "Trainable")):
             return pid
     return None
 
@@ -294,14 +296,23 @@ def test_sigkill_of_a_trial_worker_is_retried_from_its_checkpoint(cifar10_dir, t
 
 @pytest.mark.slow
 def test_sigkill_of_the_driver_then_resume_keeps_settings_and_finished_trials(cifar10_dir, tmp_path):
-    argv = _search(tmp_path, "--data-dir", str(cifar10_dir), "--max-trials", "3", "--max-epochs", "3",
-                   "--min-epochs", "2")  # fmt: skip
+    argv = _search(tmp_path, "--data-dir", str(cifar10_dir), "--max-trials", "2", "--max-epochs", "2",
+                   "--min-epochs", "1")  # fmt: skip
     tune_dir = tmp_path / "out" / "ray" / "tune"
-    with _started(argv, tmp_path) as proc:
+    try:
+        _sigkill_and_resume(argv, tmp_path, tune_dir)
+    finally:
+        _stop_stale()
+
+
+def _sigkill_and_resume(argv: list[str], tmp_path: Path, tune_dir: Path) -> None:
+    with _started(argv, tmp_path, stop_stale=False) as proc:  # its leftovers are for the resume to stop
         _wait(lambda: len([rows for rows in _rows(tune_dir) if rows]) >= 2, 170, proc)  # trial 2 has run an epoch
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
-        stale = [p for p in _children(1) if _session_of(p, tmp_path)]
+        time.sleep(2)
+        stale = [p for p in _children(1) if _session_of(p, proc.pid)]
+    assert stale  # Ray's agents outlive a SIGKILLed driver
     finished_before = {json.dumps([r["lam"], r["t"]]) for rows in _rows(tune_dir)
                        for r in rows if r.get("status") not in (None, "running")}  # fmt: skip
     assert finished_before
@@ -332,8 +343,9 @@ def test_sigkill_of_the_driver_then_resume_keeps_settings_and_finished_trials(ci
     assert {json.dumps([r["lam"], r["t"]]) for r in result["trials"]} >= finished_before
 
 
-def _session_of(pid: int, tmp_path: Path) -> bool:
-    """Whether `pid` is a Ray process whose session folder holds a polarsearch driver mark."""
+def _session_of(pid: int, driver: int) -> bool:
+    """Whether `pid` is a process of the Ray that `driver` started (its session folder, named after
+    the driver's pid, holds polarsearch's driver mark)."""
     try:
         links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
     except OSError:
@@ -341,7 +353,7 @@ def _session_of(pid: int, tmp_path: Path) -> bool:
     for link in links:
         if "/session_" in link:
             session = Path(link[: link.index("/", link.index("/session_") + 1)])
-            if (session / "polarsearch-driver").is_file():
+            if session.name.endswith(f"_{driver}") and (session / "polarsearch-driver").is_file():
                 return True
     return False
 
@@ -401,3 +413,18 @@ def test_two_searches_on_one_mlflow_store(cifar10_dir, tmp_path):
         assert len(trials) == 1 and trials[0].info.status in ("FINISHED", "FAILED")
         result = json.loads((tmp_path / parent.info.run_name / "result.json").read_text())
         assert result["parent_run_id"] == parent.info.run_id
+
+
+def test_a_local_job_stopped_midway_is_one_line(capsys):
+    from search.local import job_error
+    from trainers.data import DataError
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                        "last):\n  File \"loaders.py\", line 1\ntrainers.data.folders.DataError: cannot decode image "
+                        "/d/train/a/bad.png: cannot identify image file")  # fmt: skip
+    assert job_error(wrapped) == 2
+    assert job_error(OSError(28, "No space left on device")) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "polarsearch: error: cannot decode image /d/train/a/bad.png: cannot identify image file",
+        "polarsearch: error: OSError: [Errno 28] No space left on device",
+    ]
