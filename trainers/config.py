@@ -69,6 +69,8 @@ class Config:
     finetune_epochs: int = 40
     finetune_lr: float = 0.01
     finetune_schedule: str | None = None  # None: lr_schedule
+    finetune_milestones: tuple[float, ...] | None = None  # step schedule of the fine-tuning; None: lr_milestones
+    finetune_decay: float | None = None  # its factor at each milestone; None: lr_decay
     # --- the polarization regularizer (§3.2)
     regularizer: str = "polarization"  # polarization | l1 | none
     gamma_upper: float = 1.0  # a, the upper bound of γ
@@ -256,6 +258,10 @@ def _check_values(c: Config) -> None:
         (c.finetune_lr > 0, f"finetune_lr must be > 0, got {c.finetune_lr}"),
         (c.finetune_schedule in (None, *SCHEDULES),
          f"finetune_schedule must be one of {', '.join(SCHEDULES)}, got {c.finetune_schedule!r}"),
+        (c.finetune_milestones is None or (all(0 < m < 1 for m in c.finetune_milestones)
+                                           and list(c.finetune_milestones) == sorted(set(c.finetune_milestones))),
+         f"finetune_milestones must be increasing fractions in (0, 1), got {c.finetune_milestones}"),
+        (c.finetune_decay is None or 0 < c.finetune_decay <= 1, f"finetune_decay must be in (0, 1], got {c.finetune_decay}"),
         (c.regularizer in REGULARIZERS,
          f"regularizer must be one of {', '.join(REGULARIZERS)}, got {c.regularizer!r}"),
         (c.gamma_upper > 0, f"gamma_upper must be > 0, got {c.gamma_upper}"),

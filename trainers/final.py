@@ -152,7 +152,8 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
     if config.finetune_epochs > 0:
         optimizer = make_optimizer(pruned, config, lr=config.finetune_lr, gamma_lr=config.finetune_lr)
         scheduler = make_scheduler(optimizer, config.finetune_schedule or config.lr_schedule, config.finetune_epochs,
-                                   steps, config.lr_milestones, config.lr_decay)  # fmt: skip
+                                   steps, config.finetune_milestones or config.lr_milestones,
+                                   config.finetune_decay or config.lr_decay)  # fmt: skip
         train(pruned, splits.train, optimizer, scheduler, epochs=config.finetune_epochs,
               amp=config.amp, compile=config.compile, on_epoch_end=log("finetune"))  # fmt: skip
     if not is_lead():

@@ -53,7 +53,7 @@ CHECKPOINT = "trial.pt"
 _NOT_TRAJECTORY = frozenset({
     "data_dir", "download", "device", "num_workers", "threads", "cache_dir", "compile", "eval_batch_size",
     "latency_runs", "max_epochs", "min_epochs", "f_tol", "patience", "finetune_epochs", "finetune_lr",
-    "finetune_schedule", "workers_per_trial", "final_workers",
+    "finetune_schedule", "finetune_milestones", "finetune_decay", "workers_per_trial", "final_workers",
 })  # fmt: skip
 
 Report = Callable[[dict[str, Any]], Any]
