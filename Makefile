@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-install
 DATA ?= $(wildcard ../shared/data/cifar10)
 export POLARSEARCH_TEST_DATA := $(abspath $(DATA))
 
-.PHONY: install run test lint clean experiment bench docker screenshots
+.PHONY: install run test lint clean experiment fidelity bench docker screenshots
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: install
 # Issue 6: the F(λ, t) surfaces of the CPU regimes, with figures, into experiments/results/.
 experiment: install
 	$(PY) experiments/cpu_regime.py --data-dir $(DATA)
+
+# Issue 11: polarization vs L1 vs uniform width at equal F, threshold scope, prunable set, Theorem 3.2
+# (resumable; tables and figures into experiments/results/fidelity*; write-up in docs/fidelity.md).
+fidelity: install
+	nice -n 10 $(PY) experiments/fidelity.py --data-dir $(DATA) --jobs 2 && $(PY) experiments/fidelity_report.py --data-dir $(DATA)
 
 # Side-by-side ratios (data pipeline vs random tensors, regularizer overhead, Ray overhead, strategies,
 # pruned-model speed-up: its --quick run; the full table of docs/speed.md is that file's command).
