@@ -19,7 +19,7 @@ class ChannelScatter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         full = x.new_zeros((x.shape[0], self.width, *x.shape[2:]))
-        return full.index_copy(1, self.index, x)
+        return full.index_copy_(1, self.index, x)  # in place into the fresh zeros: no copy of them
 
     def extra_repr(self) -> str:
         return f"{self.index.numel()} -> {self.width}"
