@@ -18,6 +18,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,10 +41,20 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--keep", action="store_true", help="keep the search's temporary folder")
+    p.add_argument("--mlflow-only", type=Path, metavar="FOLDER",
+                   help="no search: the MLflow shots of the kept folder of an earlier run (its mlflow.db)")
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.mlflow_only:
+        store = f"sqlite:///{args.mlflow_only.resolve() / 'mlflow.db'}"
+        with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile, _mlflow_ui(store, args.mlflow_only) as url:
+            context = pw.chromium.launch_persistent_context(profile, executable_path=args.chromium,
+                                                            args=CHROMIUM_ARGS, viewport=VIEWPORT)  # fmt: skip
+            _mlflow_shots(context, url, store, args.out)
+            context.close()
+        return 0
     work = Path(tempfile.mkdtemp(prefix="polarsearch-shots-"))
     store = f"sqlite:///{work / 'mlflow.db'}"
     search = subprocess.Popen(
@@ -91,7 +102,8 @@ def _ray_shots(context, dashboard: str, out: Path) -> None:
 
 
 def _mlflow_shots(context, url: str, store: str, out: Path) -> None:
-    """The runs table, the charts, the search's page, a trial's artifacts and the compare view."""
+    """The runs table (the search's row expanded), the charts, the search's page (description and
+    verdict), its figures, a trial's figures and γ histograms, and MLflow's compare view of the trials."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=store)
@@ -99,35 +111,70 @@ def _mlflow_shots(context, url: str, store: str, out: Path) -> None:
     runs = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
     parent = next(r for r in runs if r.data.tags.get("polarsearch.kind") == "search")
     trials = [r for r in runs if r.data.tags.get("polarsearch.kind") == "trial"]
+    final = [r for r in runs if r.data.tags.get("polarsearch.kind") == "final"]
+    ml = "workflowType=machine_learning"
     base = f"{url}/#/experiments/{experiment}"
-    page = context.new_page()
-    shots = [
-        ("mlflow-runs", f"{base}/runs?workflowType=machine_learning&compareRunsMode=TABLE", "text=#1"),
-        ("mlflow-charts", f"{base}/runs?workflowType=machine_learning&compareRunsMode=CHART", "text=search/F"),
-        ("mlflow-search-run", f"{base}/runs/{parent.info.run_id}", "text=Missed"),
-        ("mlflow-search-artifacts", f"{base}/runs/{parent.info.run_id}/artifacts/search_history.png", None),
-        ("mlflow-trial-artifacts", f"{base}/runs/{trials[0].info.run_id}/artifacts/flops_per_epoch.png", None),
-        ("mlflow-trial-images", f"{base}/runs/{trials[0].info.run_id}/model-metrics", None),
-        ("mlflow-compare", f"{url}/#/compare-runs?runs={json.dumps([r.info.run_id for r in trials])}"
-                           f"&experiments={json.dumps([experiment])}", None),
+    run = f"{base}/runs/{parent.info.run_id}"
+    trial = f"{base}/runs/{trials[0].info.run_id}"
+    compare = f"{url}/#/compare-runs?runs={json.dumps([r.info.run_id for r in trials])}&experiments={json.dumps([experiment])}"
+    shots = [  # name, address, what to do first: expand the search's row, click or scroll to a text
+        ("mlflow-runs", f"{base}/runs?{ml}&compareRunsMode=TABLE", {"expand": True}),
+        ("mlflow-charts", f"{base}/runs?{ml}&compareRunsMode=CHART", {"expand": True}),
+        ("mlflow-search-run", f"{run}?{ml}", {}),
+        ("mlflow-search-history", f"{run}/artifacts?{ml}", {"click": "search_history.png"}),
+        ("mlflow-search-path", f"{run}/artifacts?{ml}", {"click": "search_path.png"}),
+        ("mlflow-trial-flops", f"{trial}/artifacts?{ml}", {"click": "flops_per_epoch.png"}),
+        ("mlflow-trial-gammas", f"{trial}/model-metrics?{ml}", {"scroll": "gamma_histogram"}),
+        ("mlflow-compare", compare, {}),
     ]  # fmt: skip
-    for name, address, wait_text in shots:
+    if final:
+        shots.append(("mlflow-final-channels", f"{base}/runs/{final[0].info.run_id}/artifacts?{ml}",
+                      {"click": "kept_channels.png"}))  # fmt: skip
+    page = context.new_page()
+    for name, address, do in shots:
         page.goto(address)
-        try:
-            if wait_text:
-                page.wait_for_selector(wait_text, timeout=15000)
-        except Exception:  # noqa: BLE001 - the shot is still worth taking; look at it
-            print(f"{name}: {wait_text!r} not seen", file=sys.stderr)
-        page.wait_for_timeout(5000)
+        page.wait_for_timeout(8000)
+        _click(page.get_by_role("button", name="Close"))  # the MLflow Assistant's panel
+        if do.get("expand"):
+            _click(page.locator(".ag-row button").first)  # the search's trials under it
+            _widen(page, "Run Name", 220)
+        if do.get("click"):
+            _click(page.get_by_text(do["click"], exact=True).first)
+        if do.get("scroll"):
+            try:
+                page.get_by_text(do["scroll"]).last.scroll_into_view_if_needed(timeout=5000)
+            except Exception:  # noqa: BLE001 - the shot as it is
+                pass
+        page.wait_for_timeout(3000)
         _shot(page, out / f"{name}.png")
     page.close()
 
 
-def _shot(page, path: Path) -> None:
-    """A PNG of the viewport, reduced in colours (Pillow) to stay small in the repository."""
+def _widen(page, header: str, pixels: int) -> None:
+    """Drag the right edge of a runs-table column header (as a person would to read the names)."""
+    try:
+        handle = page.locator(".ag-header-cell", has_text=header).first.locator(".ag-header-cell-resize")
+        box = handle.bounding_box(timeout=3000)
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + pixels, box["y"] + box["height"] / 2, steps=8)
+        page.mouse.up()
+    except Exception:  # noqa: BLE001 - no such header here: the shot as it is
+        pass
+
+
+def _click(locator) -> None:
+    try:
+        locator.click(timeout=3000)
+    except Exception:  # noqa: BLE001 - not on this page (or this MLflow version): the shot as it is
+        pass
+
+
+def _shot(page, path: Path, full: bool = False) -> None:
+    """A PNG of the viewport (or the whole page), reduced in colours (Pillow) to stay small."""
     from PIL import Image
 
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), full_page=full)
     image = Image.open(path).convert("RGB").quantize(colors=128)
     image.save(path, optimize=True)
 
@@ -142,21 +189,28 @@ class _mlflow_ui:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # its own session, so that its server workers stop with it; no job runner (nothing to run)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", self.store, "--host", "127.0.0.1",
-                                      "--port", str(port)], cwd=self.work, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
+                                      "--port", str(port), "--workers", "1"], cwd=self.work, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
+        deadline = time.monotonic() + 600  # minutes on a loaded machine
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
+                urllib.request.urlopen(f"{url}/health", timeout=5)
                 return url
             except OSError:
-                time.sleep(1)
+                time.sleep(2)
+        self.__exit__()
         raise RuntimeError("mlflow ui did not answer")
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self.proc.wait(timeout=60)
 
 
 def _pump(proc: subprocess.Popen, lines: queue.Queue, console: list[str]) -> None:

@@ -113,6 +113,7 @@ def summary(outcome: Any, target: float, delta: float) -> str:
         inside = "inside" if gap <= delta else "outside"
         lines.append(f"winner: lam={best.lam:.6g} t={best.t:.4g} F={best.flops_reduction:.3f} "
                      f"(|F-F*|={gap:.3f}, {inside} δ={delta})")
+        lines.append("verdict: hit" if gap <= delta else f"verdict: MISSED the target F*={target} ± {delta}")
     lines.append(f"stop reason: {outcome.reason}")
     if outcome.final is not None:
         lines.extend(final_lines(outcome.final))

@@ -63,13 +63,22 @@ class Target:
 
 
 def trial_name(number: int, lam: float, t: float, flops: float | None = None, status: str = "") -> str:
-    """`#3 λ=5e-04 t=0.9 F=0.34`: the three numbers a trial is known by, readable in the runs table."""
-    name = f"#{number} λ={lam:.1e} t={t:.3g}"
+    """`#3 λ=5e-4 t=0.9 F=0.340`: the three numbers a trial is known by, short enough for the runs
+    table's name column."""
+    name = f"#{number} λ={short_float(lam)} t={t:.3g}"
     if status == "failed" or (flops is not None and not math.isfinite(flops)):
         return f"{name} failed"
     if flops is not None:
         name += f" F={flops:.3f}"
     return f"{name} (decided)" if status == "decided" else name
+
+
+def short_float(value: float) -> str:
+    """λ in as few characters as it needs: 5e-4, 2.5e-3, 0.02 (two significant digits)."""
+    if value == 0 or 1e-2 <= abs(value) < 1e3:
+        return f"{value:.2g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
 def verdict(best: Any | None, target: Target | None, reason: str, status: str) -> tuple[str, str]:
@@ -81,8 +90,8 @@ def verdict(best: Any | None, target: Target | None, reason: str, status: str) -
     hit = gap <= target.delta + 1e-12
     head = "**Hit**" if hit else "**Missed the target**"
     return ("hit" if hit else "missed",
-            f"{head}: F={best.flops_reduction:.3f} at λ={best.lam:.3g}, t={best.t:.3g}; |F − F*| = {gap:.3f} "
-            f"({'within' if hit else 'outside'} δ={target.delta:g} of F*={target.target:g}).\n\n"
+            f"{head}: F={best.flops_reduction:.3f} at λ={best.lam:.3g}, t={best.t:.3g}; |F − F\\*| = {gap:.3f} "
+            f"({'within' if hit else 'outside'} δ={target.delta:g} of F\\*={target.target:g}).\n\n"
             f"Stop reason: {reason or '-'} ({status}).")  # fmt: skip
 
 

@@ -60,7 +60,7 @@ def test_trial_runs_read_at_a_glance(store):
     client, parent = search(store, MISSED, 0)
     runs = client.search_runs([client.get_experiment_by_name("views").experiment_id],
                               f"tags.`{KIND}` = 'trial'", order_by=["attributes.start_time ASC"])  # fmt: skip
-    assert [r.info.run_name for r in runs] == ["#1 λ=2.0e-02 t=1.2 F=0.660", "#2 λ=5.0e-04 t=0.9 F=0.340 (decided)"]
+    assert [r.info.run_name for r in runs] == ["#1 λ=0.02 t=1.2 F=0.660", "#2 λ=5e-4 t=0.9 F=0.340 (decided)"]
     first = runs[0]
     assert first.data.tags[views.NUMBER] == "1" and first.data.tags[views.WINNER] == "true"
     assert views.WINNER not in runs[1].data.tags
@@ -79,7 +79,7 @@ def test_missed_search_is_marked_red_with_its_verdict_and_history(store):
     assert run.info.status == "FAILED"  # not a green "Finished"
     assert run.data.tags[views.VERDICT] == "missed"
     note = run.data.tags[views.NOTE]
-    assert note.startswith("**Missed the target**") and "|F − F*| = 0.160" in note and "#1" in note
+    assert note.startswith("**Missed the target**") and "|F − F\\*| = 0.160" in note and "#1" in note
     history = {key: sorted((m.step, round(m.value, 4)) for m in client.get_metric_history(parent, key))
                for key in views.HISTORY}  # fmt: skip
     assert history == {"search/F": [(1, 0.66), (2, 0.34)], "search/lam": [(1, 0.02), (2, 0.0005)],
@@ -179,3 +179,7 @@ def test_fail_on_miss_exit_status(monkeypatch, tmp_path, capsys, flops, flag, co
     monkeypatch.setattr(search.service, "run_search", lambda *a, **k: outcome)
     assert main(["--target-flops", "0.5", *(["--fail-on-miss"] if flag else [])]) == code
     assert ("was missed" in capsys.readouterr().err) == (code == 3)
+
+
+def test_short_lambda():
+    assert [views.short_float(v) for v in (5e-4, 2.5e-3, 0.02, 1e-5, 0.0)] == ["5e-4", "2.5e-3", "0.02", "1e-5", "0"]
