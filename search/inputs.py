@@ -171,7 +171,7 @@ def _check_where(spec: SearchSpec) -> None:
         if spec.ray_address is None:  # on a cluster the device is the workers', checked once Ray is up
             check_device(spec.config.device)
         check_output(spec.output)
-        check_mlflow(spec.mlflow_uri)
+        check_mlflow(spec.mlflow_uri, spec.experiment)
         if spec.ray_address is not None:
             check_ray_address(spec.ray_address)
     except (PreflightError, RayAddressError) as error:

@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,9 +24,10 @@ class PreflightError(ValueError):
     """An input that would fail once used; the message is one line."""
 
 
-def check_mlflow(uri: str, timeout: float = 3.0) -> None:
+def check_mlflow(uri: str, experiment: str = "Default", timeout: float = 3.0) -> None:
     """The MLflow store at `uri` works: a known scheme, a SQLite file that is an MLflow database, or
-    an HTTP server that answers MLflow's REST API (not a web page)."""
+    an HTTP server that answers MLflow's REST API (not a web page); `experiment`, if it is there, is
+    not deleted (MLflow refuses new runs in a deleted experiment)."""
     from search.tracking import TrackingError, check_uri
 
     scheme = urlparse(uri).scheme.split("+")[0]
@@ -37,12 +39,12 @@ def check_mlflow(uri: str, timeout: float = 3.0) -> None:
     except TrackingError as error:
         raise PreflightError(str(error)) from None
     if scheme == "sqlite":
-        _check_sqlite(uri)
+        _check_sqlite(uri, experiment)
     elif scheme in ("http", "https"):
-        _check_server(uri, timeout)
+        _check_server(uri, experiment, timeout)
 
 
-def _check_sqlite(uri: str) -> None:
+def _check_sqlite(uri: str, experiment: str) -> None:
     """An existing database file must open read-only, pass SQLite's check, and be MLflow's (or empty)."""
     from search.tracking import _sqlite_path
 
@@ -60,6 +62,8 @@ def _check_sqlite(uri: str) -> None:
         with sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=5) as db:
             problems = db.execute("PRAGMA quick_check").fetchone()[0]
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            stages = [row[0] for row in db.execute("SELECT lifecycle_stage FROM experiments WHERE name = ?",
+                                                   (experiment,))] if "experiments" in tables else []  # fmt: skip
         db.close()
     except sqlite3.Error as error:
         raise PreflightError(f"MLflow store {uri}: {path} is not a usable SQLite database ({error})") from None
@@ -67,11 +71,19 @@ def _check_sqlite(uri: str) -> None:
         raise PreflightError(f"MLflow store {uri}: {path} is damaged ({' '.join(problems.split())[:120]})")
     if tables and not {"experiments", "runs"} <= tables:
         raise PreflightError(f"MLflow store {uri}: {path} is a SQLite database but not an MLflow store")
+    _check_stage(uri, experiment, stages[0] if stages else None)
 
 
-def _check_server(uri: str, timeout: float) -> None:
+def _check_stage(uri: str, experiment: str, stage: str | None) -> None:
+    if stage == "deleted":
+        raise PreflightError(f"MLflow experiment {experiment!r} in {uri} is deleted: restore it "
+                             f"(mlflow experiments restore) or choose another --experiment")  # fmt: skip
+
+
+def _check_server(uri: str, experiment: str, timeout: float) -> None:
     """One REST call MLflow's client makes (experiment by name); the answer must be MLflow's JSON."""
-    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}"
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the user's tracking URI
@@ -88,6 +100,7 @@ def _check_server(uri: str, timeout: float) -> None:
     if not isinstance(answer, dict) or not ({"experiment", "error_code"} & set(answer)):
         raise PreflightError(f"{uri} is not an MLflow tracking server (HTTP {status} to {url} "
                              f"is not MLflow's JSON)")  # fmt: skip
+    _check_stage(uri, experiment, (answer.get("experiment") or {}).get("lifecycle_stage"))
 
 
 def check_output(output: Path, what: str = "--output") -> None:
