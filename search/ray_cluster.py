@@ -2,9 +2,11 @@
 
 Local by default: `ray_session(None)` starts an embedded single-node Ray on 127.0.0.1 with its
 dashboard, and shuts it down at the end; `ray_session("host:port")` joins a running cluster
-(`check_ray_address` first tells the CLI, in one line, when nothing answers there). The `RayInfo`
-it yields gives the per-trial resources (`trial_resources`) and the dashboard line to print
-(`dashboard_hint`). Nothing here knows about Tune; `search.tune` runs the trials on this Ray.
+(`check_ray_address` first asks the GCS there what `ray.init` will ask, and tells the CLI in one
+line when no GCS answers). The `RayInfo` it yields gives the per-trial resources
+(`trial_resources`) and the dashboard line to print (`dashboard_hint`). An embedded Ray's
+processes are gone after any exit of its driver: shut down at the end, or, after a SIGKILL, stopped
+by the next start (`stop_stale_ray`). Nothing here knows about Tune; `search.tune` runs the trials.
 """
 
 from __future__ import annotations
