@@ -5,8 +5,8 @@
 (a) the γ histograms after training (the paper's Figure 1) and the margin number, the fraction of
 |γ| in (0.05, 0.15); (b) fine-tuned accuracy at equal F per method; (c) per-layer vs global
 threshold and the authors' vs all prunable set: F on px16's 19 polarized γ sets (F depends on γ
-only), F and accuracy right after pruning on the cached trained networks (appended to the results
-as `posthoc/...` rows, so they are measured once); (d) Theorem 3.2: the regularizer alone,
+only), F and accuracy right after pruning on the cached trained networks (rows in
+results/fidelity_posthoc.json, each measured once); (d) Theorem 3.2: the regularizer alone,
 minimised exactly (every vertex of [0, 1]^n, n = 12) and by projected subgradient descent from
 two starts, against ρ(t) = 1/2 − t/4. Figures: results/fidelity_gammas.png, fidelity_theorem.png;
 the tables are printed in Markdown (docs/fidelity.md holds them).
@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 from fidelity import OUT, PRESET, RESULTS, _write
+
+POSTHOC = RESULTS / "fidelity_posthoc.json"  # its own file: fidelity.py may be writing OUT meanwhile
 
 MARGIN = (0.05, 0.15)
 
@@ -104,9 +106,10 @@ def scopes_on_px16() -> list[str]:
         diffs["per_layer − global (all)"].append(f["per_layer", "all"] - f["global", "all"])
         diffs["authors − all (global)"].append(f["global", "authors"] - f["global", "all"])
         diffs["authors per_layer − all global"].append(f["per_layer", "authors"] - f["global", "all"])
-    lines = [f"| F difference on px16's {len(diffs['authors − all (global)'])} polarized γ sets | mean | min | max |",
-             "|---|---|---|---|"]
-    lines += [f"| {k} | {statistics.mean(v):+.3f} | {min(v):+.3f} | {max(v):+.3f} |" for k, v in diffs.items()]
+    lines = [f"| F difference on px16's {len(diffs['authors − all (global)'])} polarized γ sets | mean | mean abs. "
+             "| min | max |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {statistics.mean(v):+.3f} | {statistics.mean(map(abs, v)):.3f} | {min(v):+.3f} | "
+              f"{max(v):+.3f} |" for k, v in diffs.items()]
     return lines
 
 
@@ -115,9 +118,11 @@ def posthoc(rows: dict[str, dict[str, Any]], data_dir: str) -> list[str]:
     variants = [(k, scope, name) for k in rows if k.startswith("train/pol")
                 for scope in ("global", "per_layer") for name in ("all", "authors")
                 if not (k.startswith("train/pol_a_authors/") and name == "all")]  # fmt: skip
-    todo = [v for v in variants if f"posthoc/{v[0]}/{v[1]}/{v[2]}" not in rows]
+    done = {r["id"]: r for r in json.loads(POSTHOC.read_text())["rows"]} if POSTHOC.is_file() else {}
+    todo = [v for v in variants if f"posthoc/{v[0]}/{v[1]}/{v[2]}" not in done]
     if todo:
-        _measure_posthoc(rows, todo, data_dir)
+        _measure_posthoc(rows, done, todo, data_dir)
+    rows = {**rows, **done}
     lines = ["| trained | threshold | pruned set | F | acc. after pruning |", "|---|---|---|---|---|"]
     for kind in ("pol_a", "pol_a_authors", "pol_b"):
         for scope, name in itertools.product(("global", "per_layer"), ("all", "authors")):
@@ -129,7 +134,8 @@ def posthoc(rows: dict[str, dict[str, Any]], data_dir: str) -> list[str]:
     return lines
 
 
-def _measure_posthoc(rows: dict[str, dict[str, Any]], todo: list[tuple[str, str, str]], data_dir: str) -> None:
+def _measure_posthoc(rows: dict[str, dict[str, Any]], done: dict[str, dict[str, Any]],
+                     todo: list[tuple[str, str, str]], data_dir: str) -> None:  # fmt: skip
     from fidelity import _prune
 
     from trainers import loop
@@ -148,9 +154,9 @@ def _measure_posthoc(rows: dict[str, dict[str, Any]], todo: list[tuple[str, str,
         pruned, f, threshold = _prune(model, variant, tuple(splits.input_shape), splits.num_classes)
         accuracy, _ = loop.evaluate(pruned, splits.test)
         key = f"posthoc/{train_id}/{scope}/{name}"
-        rows[key] = {"id": key, "kind": "posthoc", "seed": trained["seed"], "F": f, "threshold": threshold,
+        done[key] = {"id": key, "kind": "posthoc", "seed": trained["seed"], "F": f, "threshold": threshold,
                      "acc_pruned": accuracy, "config": variant.to_dict(), "commit": trained["commit"]}  # fmt: skip
-        _write(rows, OUT, PRESET)
+        _write(done, POSTHOC, PRESET)
         print(f"{key}: F {f:.3f} acc {accuracy:.3f}", flush=True)
 
 
@@ -209,8 +215,12 @@ def theorem(rows: dict[str, dict[str, Any]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--posthoc-only", action="store_true", help="measure (c)'s pruned networks, nothing else")
     args = parser.parse_args()
     rows = {r["id"]: r for r in json.loads(OUT.read_text())["rows"]}
+    if args.posthoc_only:
+        print("\n".join(posthoc(rows, str(Path(args.data_dir).resolve()))))
+        return
     px16 = json.loads((RESULTS / "px16.json").read_text())["rows"]
     none = next((r for r in px16 if r["lam"] == 0 and r["seed"] == 0), None)
     sections = [("(a) γ after training (Figure 1), margin number", histograms(rows, none)),
