@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +134,32 @@ def _check_device(device: str, resources: dict[str, float]) -> None:
 
 
 def _tracker(spec: SearchSpec) -> Any:
+    """The search's MLflow writer; a new SQLite store is created by one search at a time."""
     from search.tracking import SearchTracker
 
     try:
-        return SearchTracker(spec.mlflow_uri, spec.experiment)
+        with _store_lock(spec.mlflow_uri):
+            return SearchTracker(spec.mlflow_uri, spec.experiment)
     except Exception as error:  # noqa: BLE001 - the store was checked; it broke since (or is full)
         raise SearchFailed(f"MLflow store {spec.mlflow_uri}: {one_line(error)}") from None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on the folder of a SQLite store while it is opened: two searches starting
+    together on a new store would both run MLflow's schema migration, and the second one fails."""
+    from search.tracking import _sqlite_path
+
+    path = _sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    folder = os.open(path.expanduser().resolve().parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def _open_tracking(tracker: Any, spec: SearchSpec, resume: bool) -> None:
