@@ -434,3 +434,19 @@ def test_a_local_job_stopped_midway_is_one_line(capsys):
         "polarsearch: error: cannot decode image /d/train/a/bad.png: cannot identify image file",
         "polarsearch: error: OSError: [Errno 28] No space left on device",
     ]
+
+
+def test_json_is_written_strictly_and_whole(tmp_path):
+    import math
+
+    from search.outcome import write_json
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    write_json(tmp_path / "result.json", {"f": math.nan, "rows": [{"acc": math.inf}, 0.5]})
+    assert strict((tmp_path / "result.json").read_text()) == {"f": None, "rows": [{"acc": None}, 0.5]}
+    (tmp_path / "taken" / "x").mkdir(parents=True)  # a folder where the file should go: the rename fails
+    with pytest.raises(OSError):
+        write_json(tmp_path / "taken", {"f": 1.0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "taken"]  # no temporary file left
