@@ -122,7 +122,7 @@ class RayCluster:
         self._start([f"--address={self.address}", f"--node-ip-address=127.0.0.{2 + self.nodes}"], cpus, 0)
 
     def _start(self, args: list[str], cpus: int, gpus: int) -> None:
-        host = "127.0.0.2" if not self.nodes else f"127.0.0.{2 + self.nodes}"
+        host = f"127.0.0.{2 + self.nodes}"  # the node's own address
         ports = [f"--dashboard-agent-listen-port={free_port(host)}", f"--runtime-env-agent-port={free_port(host)}",
                  f"--metrics-export-port={free_port(host)}"]  # fmt: skip
         argv = [RAY, "start", "--block", *args, *ports, f"--num-cpus={cpus}", f"--num-gpus={gpus}",
@@ -162,8 +162,17 @@ class RayCluster:
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    logs = tmp_path / "logs"
+def work() -> Iterator[Path]:
+    """A folder of this test's own for outputs, stores and logs, removed at the end. Not pytest's
+    tmp_path: another pytest session on the same machine prunes old base temp folders, servers' files
+    included, while this one still runs."""
+    with tempfile.TemporaryDirectory(prefix="polarsearch-cluster-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture
+def processes(work: Path) -> Iterator[Processes]:
+    logs = work / "logs"
     logs.mkdir()
     started = Processes(logs)
     try:
@@ -195,11 +204,11 @@ def trial_nodes(cluster: RayCluster, output: Path) -> list[str]:
     return [actor_nodes[rows[-1]["pid"]] for rows in trial_results(output)]
 
 
-def test_trials_run_on_a_second_node_and_log_to_a_tracking_server(cifar10_dir, cluster, processes, tmp_path):
+def test_trials_run_on_a_second_node_and_log_to_a_tracking_server(cifar10_dir, cluster, processes, work):
     """One CPU on the head, one on a worker, two trials at once: one trial on each node; the search's
     parent run and trial runs land in a real `mlflow server` (REST API on a loopback port)."""
     port = free_port()
-    store = tmp_path / "mlflow"
+    store = work / "mlflow"
     store.mkdir()
     processes.start("mlflow", [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
@@ -209,10 +218,10 @@ def test_trials_run_on_a_second_node_and_log_to_a_tracking_server(cifar10_dir, c
     nodes = cluster.wait_nodes(2)
     uri = f"http://127.0.0.1:{port}"
     wait_for(lambda: serves(f"{uri}/health"), 120, "the MLflow server", lambda: processes.log("mlflow"))
-    cluster.polarsearch([*SEARCH, "--data-dir", str(cifar10_dir), "--output", str(tmp_path / "out"),
-                         "--mlflow-uri", uri, "--experiment", "cluster"], cwd=tmp_path)  # fmt: skip
+    cluster.polarsearch([*SEARCH, "--data-dir", str(cifar10_dir), "--output", str(work / "out"),
+                         "--mlflow-uri", uri, "--experiment", "cluster"], cwd=work)  # fmt: skip
 
-    ran_on = trial_nodes(cluster, tmp_path / "out")
+    ran_on = trial_nodes(cluster, work / "out")
     print("trials ran on:", [f"{nodes.get(node, '?')} {node}" for node in ran_on])  # shown by pytest -rP
     assert len(ran_on) == 2 and set(ran_on) == set(nodes), (ran_on, nodes)
 
@@ -234,16 +243,16 @@ def test_trials_run_on_a_second_node_and_log_to_a_tracking_server(cifar10_dir, c
     assert all(tag["mlflow.parentRunId"] == parent["info"]["run_id"] for tag in trials)
 
 
-def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(cifar10_dir, cluster, tmp_path):
+def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(cifar10_dir, cluster, work):
     """A head declaring one logical GPU (no CUDA needed: Ray only counts it); --gpus-per-trial 0.5 lets
     Ray schedule both trials of a round at once on it, each holding half of the GPU."""
     cluster.start_head(cpus=4, gpus=1)
     cluster.wait_nodes(1)
     cluster.polarsearch([*SEARCH, "--gpus-per-trial", "0.5", "--data-dir", str(cifar10_dir),
-                         "--output", str(tmp_path / "out"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-                        cwd=tmp_path)  # fmt: skip
+                         "--output", str(work / "out"), "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}"],
+                        cwd=work)  # fmt: skip
 
-    results = trial_results(tmp_path / "out")
+    results = trial_results(work / "out")
     assert len(results) == 2
     # Each trial's span, from its first report back by that epoch's duration to its last report.
     spans = [(rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]) for rows in results]
