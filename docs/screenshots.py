@@ -85,7 +85,7 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     for shot in sorted(args.out.glob("*.png")):
-        print(f"{shot.relative_to(ROOT)}  {shot.stat().st_size // 1024} KB")
+        print(f"{shot}  {shot.stat().st_size // 1024} KB")
     return 0
 
 
@@ -116,15 +116,17 @@ def _mlflow_shots(context, url: str, store: str, out: Path) -> None:
     base = f"{url}/#/experiments/{experiment}"
     run = f"{base}/runs/{parent.info.run_id}"
     trial = f"{base}/runs/{trials[0].info.run_id}"
-    compare = f"{url}/#/compare-runs?runs={json.dumps([r.info.run_id for r in trials])}&experiments={json.dumps([experiment])}"
-    shots = [  # name, address, what to do first: expand the search's row, click or scroll to a text
+    compare = (f"{url}/#/compare-runs?runs={json.dumps([r.info.run_id for r in trials])}"
+               f"&experiments={json.dumps([experiment])}&{ml}")
+    shots = [  # name, address, what to do first: expand the search's row, click a text (then another)
         ("mlflow-runs", f"{base}/runs?{ml}&compareRunsMode=TABLE", {"expand": True}),
         ("mlflow-charts", f"{base}/runs?{ml}&compareRunsMode=CHART", {"expand": True}),
         ("mlflow-search-run", f"{run}?{ml}", {}),
         ("mlflow-search-history", f"{run}/artifacts?{ml}", {"click": "search_history.png"}),
         ("mlflow-search-path", f"{run}/artifacts?{ml}", {"click": "search_path.png"}),
         ("mlflow-trial-flops", f"{trial}/artifacts?{ml}", {"click": "flops_per_epoch.png"}),
-        ("mlflow-trial-gammas", f"{trial}/model-metrics?{ml}", {"scroll": "gamma_histogram"}),
+        ("mlflow-trial-gammas", f"{trial}/artifacts?{ml}",  # the γ histogram of the trial's last epoch
+         {"click": "images", "then": re.compile(rf"gamma_histogram\+step\+{int(trials[0].data.metrics.get('epochs', 1))}\+.*[0-9a-f]\.png$")}),
         ("mlflow-compare", compare, {}),
     ]  # fmt: skip
     if final:
@@ -140,25 +142,24 @@ def _mlflow_shots(context, url: str, store: str, out: Path) -> None:
             _widen(page, "Run Name", 220)
         if do.get("click"):
             _click(page.get_by_text(do["click"], exact=True).first)
-        if do.get("scroll"):
-            try:
-                page.get_by_text(do["scroll"]).last.scroll_into_view_if_needed(timeout=5000)
-            except Exception:  # noqa: BLE001 - the shot as it is
-                pass
+        if do.get("then"):
+            page.wait_for_timeout(2000)
+            _click(page.get_by_text(do["then"]).first)
         page.wait_for_timeout(3000)
         _shot(page, out / f"{name}.png")
     page.close()
 
 
 def _widen(page, header: str, pixels: int) -> None:
-    """Drag the right edge of a runs-table column header (as a person would to read the names)."""
+    """Drag the border right of a runs-table column header (as a person would to read the names)."""
     try:
-        handle = page.locator(".ag-header-cell", has_text=header).first.locator(".ag-header-cell-resize")
-        box = handle.bounding_box(timeout=3000)
-        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        cell = page.locator(".ag-header-cell", has_text=header).first.bounding_box(timeout=3000)
+        x, y = cell["x"] + cell["width"] - 2, cell["y"] + cell["height"] / 2
+        page.mouse.move(x, y)
         page.mouse.down()
-        page.mouse.move(box["x"] + pixels, box["y"] + box["height"] / 2, steps=8)
+        page.mouse.move(x + pixels, y, steps=10)
         page.mouse.up()
+        page.mouse.move(5, 5)  # no tooltip left over the table
     except Exception:  # noqa: BLE001 - no such header here: the shot as it is
         pass
 

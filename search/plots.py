@@ -38,6 +38,7 @@ def flops_per_epoch(history: Sequence[float], target: float, delta: float, title
     _band(ax, target, delta)
     ax.plot(epochs, history, marker="o", ms=3, color="#1f77b4", label="F per epoch")
     ax.set(xlabel="epoch", ylabel="FLOPs reduction F", ylim=(0, 1), title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     return fig
