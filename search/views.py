@@ -81,11 +81,15 @@ def short_float(value: float) -> str:
     return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
-def verdict(best: Any | None, target: Target | None, reason: str, status: str) -> tuple[str, str]:
+def verdict(best: Any | None, target: Target | None, reason: str, status: str,
+            statuses: list[str] | None = None) -> tuple[str, str]:  # fmt: skip
     """(verdict, description): hit when the winner's F is within δ of F*, else missed (no_result
-    when no trial gave an F). The description is the Markdown MLflow shows on the run page."""
+    when no trial can win: all failed or decided early, which only bound F). The description is
+    the Markdown MLflow shows on the run page; `statuses` are the trials' (to say why no result)."""
     if best is None or target is None:
-        return "no_result", f"**No result**: no trial succeeded.\n\nStop reason: {reason or '-'} ({status})."
+        counts = ", ".join(f"{(statuses or []).count(s)} {s}" for s in sorted(set(statuses or [])))
+        return "no_result", (f"**No result**: no trial ended with a stable F ({counts or 'no trials'}).\n\n"
+                             f"Stop reason: {reason or '-'} ({status}).")  # fmt: skip
     gap = target.gap(best.flops_reduction)
     hit = gap <= target.delta + 1e-12
     head = "**Hit**" if hit else "**Missed the target**"
@@ -143,7 +147,7 @@ def log_trial_views(client: MlflowClient, run_id: str, number: int, result: dict
 def log_search_views(client: MlflowClient, parent_id: str, trials: list[dict[str, Any]], best: Any | None,
                      target: Target | None, reason: str, status: str) -> str:  # fmt: skip
     """The verdict (tag and description), the winner's tag and the search's figures; returns the verdict."""
-    kind, note = verdict(best, target, reason, status)
+    kind, note = verdict(best, target, reason, status, [str(tr.get("status")) for tr in trials])
     winner = None
     if best is not None:
         close = [tr for tr in trials if math.isclose(tr["lam"], best.lam, rel_tol=1e-9) and math.isclose(tr["t"], best.t)]

@@ -55,7 +55,7 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     assert (params["target"], params["delta"], params["strategy"], params["preset"]) == ("0.5", "0.01", "algorithm1",
                                                                                           "smoke")
     assert params["max_trials"] == "3" and params["model"] == "resnet20"
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status in ("FINISHED", "FAILED")  # FAILED when the target was missed (issue 15)
 
     trials = _runs(client, "e2e", f"tags.mlflow.parentRunId = '{parent.info.run_id}' and {KIND} = 'trial'")
     assert 2 <= len(trials) <= 3
@@ -64,7 +64,17 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
         assert epochs >= 2 and set(trial.data.params) == {"lam", "t"}
         for key in ("flops_reduction", "threshold", "val_accuracy", "loss"):
             assert _steps(client, trial.info.run_id, key) == list(range(1, epochs + 1))
-        assert trial.data.tags["status"] in ("stable", "max_epochs", "failed")
+        assert trial.data.tags["status"] in ("stable", "max_epochs", "decided", "failed")
+        # issue 15: named "#n λ=… t=… F=…", F per epoch against the band and a γ histogram per epoch
+        assert trial.info.run_name.startswith(f"#{trial.data.tags['polarsearch.trial']} λ=")
+        files = [a.path for a in client.list_artifacts(trial.info.run_id)]
+        assert "flops_per_epoch.png" in files or trial.data.tags["status"] == "failed"
+        images = [a.path for a in client.list_artifacts(trial.info.run_id, "images")]
+        assert sum(p.endswith(".png") and "gamma_histogram" in p for p in images) == epochs
+    history = client.get_metric_history(parent.info.run_id, "search/lam")
+    assert sorted(m.step for m in history) == sorted(int(t.data.tags["polarsearch.trial"]) for t in trials)
+    assert {"search_history.png", "search_path.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "mlflow.note.content" in tags and tags["polarsearch.verdict"] in ("hit", "missed", "no_result")
 
     # The outcome: inside the window, or a stated reason - and the winner is the trial closest to F*.
     found = {(float(r.data.params["lam"]), float(r.data.params["t"])): r.data.metrics["flops_reduction"]
@@ -73,8 +83,10 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     assert (metrics["best_lam"], metrics["best_t"], metrics["best_flops_reduction"]) == pytest.approx((lam, t, f))
     if abs(f - TARGET) <= DELTA:
         assert tags["status"] == "converged"
+        assert parent.info.status == "FINISHED" and tags["polarsearch.verdict"] == "hit"
     else:
         assert tags["status"] == "stopped" and tags["stop_reason"]
+        assert parent.info.status == "FAILED" and tags["polarsearch.verdict"] == "missed"
     assert f"stop reason: {tags['stop_reason']}" in out and "winner: lam=" in out
 
     (final,) = _runs(client, "e2e", f"tags.mlflow.parentRunId = '{parent.info.run_id}' and {KIND} = 'final'")

@@ -183,3 +183,15 @@ def test_fail_on_miss_exit_status(monkeypatch, tmp_path, capsys, flops, flag, co
 
 def test_short_lambda():
     assert [views.short_float(v) for v in (5e-4, 2.5e-3, 0.02, 1e-5, 0.0)] == ["5e-4", "2.5e-3", "0.02", "1e-5", "0"]
+
+
+def test_no_result_says_why(store):
+    tracker = SearchTracker(store, "views")
+    parent = tracker.start_search(PARAMS, run_name="search-none")
+    for number, status in ((1, "decided"), (2, "failed")):
+        tracker.log_epoch(f"n{number}", epoch(number, 1e-2, 1.2, 1, 0.3))
+        tracker.end_trial(f"n{number}", end(number, 1e-2, 1.2, 1, 0.3 if status == "decided" else float("nan"), status))
+    tracker.end_search("stopped", "max_trials reached", None)
+    run = MlflowClient(store).get_run(parent)
+    assert run.info.status == "FAILED" and run.data.tags[views.VERDICT] == "no_result"
+    assert "no trial ended with a stable F (1 decided, 1 failed)" in run.data.tags[views.NOTE]
