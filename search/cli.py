@@ -73,7 +73,7 @@ def search_command(args: argparse.Namespace) -> int:
 
     spec = search_spec(args)
     settings = spec.settings
-    _quiet_libraries()
+    _quiet_libraries(settings.strategy)
     print(f"{PROG}: {'resuming' if args.resume else 'searching'} F*={settings.target} δ={settings.delta} "
           f"with {settings.strategy}; output {spec.output}", flush=True)
     try:
@@ -99,13 +99,17 @@ def search_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(strategy: str) -> None:
     """Keep the console to the search's own lines: MLflow's schema set-up and Ray's token notice (the
     dashboard line says where the token is) are not news to the person watching."""
     import logging
 
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "ray._private.authentication.authentication_token_setup"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if strategy == "optuna":  # "A new study created in RDB ..."; Optuna sets its logger's level itself
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def search_parser() -> argparse.ArgumentParser:

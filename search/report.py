@@ -107,7 +107,8 @@ def summary(outcome: Any, target: float, delta: float) -> str:
                      f"{fmt(row.epochs, '6.0f')}  {fmt(row.val_accuracy, '8.3f')}  {row.status}")
     best = outcome.best
     if best is None:
-        lines.append("winner: none (no trial succeeded)")
+        lines.append("winner: none (no trial ended with a stable F: each failed or was decided early)")
+        lines.append(f"verdict: no result for F*={target} ± {delta}")
     else:
         gap = abs(best.flops_reduction - target)
         inside = "inside" if gap <= delta else "outside"
