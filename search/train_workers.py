@@ -98,9 +98,13 @@ def failed_metrics(lam: float, t: float, error: BaseException) -> dict[str, Any]
 
 
 def _one_line(error: BaseException) -> str:
-    cause = getattr(error, "cause", None) or error  # a Ray task/actor error wraps the worker's own
+    """The error's type and first line; a failed health check with the failure behind it (a dead
+    worker's ActorDiedError), a Ray task or actor error with the worker's own exception."""
+    cause = getattr(error, "cause", None) or error
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+    text = f"{type(cause).__name__}: {lines[0] if lines else ''}"
+    behind = getattr(cause, "health_check_failure", None)
+    return f"{text} ({_one_line(behind)})" if behind is not None else text
 
 
 def _trial_worker(loop_config: dict[str, Any]) -> None:

@@ -135,14 +135,14 @@ def run_trial(config: Config, lam: float, t: float, report: Report | None = None
                        compile=config.compile, on_epoch_end=on_epoch_end)  # fmt: skip
         except loop.DivergedError as error:
             return TrialResult(FAILED, math.nan, None, math.nan, len(history), history, str(error))
-    if not lead:
-        return TrialResult(REPLICA, math.nan, None, math.nan, len(history), [], "a data-parallel replica")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if not lead:  # its state is rank 0's (the tests compare them)
+        return TrialResult(REPLICA, math.nan, None, math.nan, len(history), [], message, state)
     last = history[-1]
     dead = dead_network(history, gammas, splits, config.min_epochs)
     if dead:
         return TrialResult(FAILED, math.nan, last["threshold"], last["val_accuracy"], len(history), history, dead)
     status = DECIDED if decision is not None else STABLE if is_stable(history, config) else MAX_EPOCHS
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return TrialResult(status, last["flops_reduction"], last["threshold"], last["val_accuracy"], len(history),
                        history, message, state, decision)  # fmt: skip
 

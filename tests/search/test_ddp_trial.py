@@ -4,8 +4,8 @@ real CIFAR-10 (the smoke preset), a real local Ray, a real SQLite MLflow store.
 One search of two trials checks both promises of issue 16: while the first trial trains, one of its
 Ray Train workers is killed (SIGKILL, a real process) - that trial fails with the reason as its
 message and the search goes on; the second trial completes, and each trial is one MLflow run with
-one value per epoch (rank 0 reports; the other replica's reports never reach Tune). The final job
-runs on 2 workers too, and is logged once.
+one value per epoch (rank 0 reports; the other replica's reports never reach Tune). (The final job
+on 2 workers: tests/trainers/test_distributed.py.)
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_data_parallel_trials_in_a_search(cifar10_dir, tmp_path, monkeypatch, ca
                               daemon=True)  # fmt: skip
     killer.start()
     argv = ["--target-flops", "0.5", "--delta", "0.01", "--preset", "smoke", "--data-dir", str(cifar10_dir),
-            "--max-trials", "2", "--workers-per-trial", "2", "--final-workers", "2", "--output", "out",
+            "--max-trials", "2", "--workers-per-trial", "2", "--skip-final", "--output", "out",
             "--experiment", "ddp"]  # fmt: skip
     code = main(argv)
     out, err = capsys.readouterr()
@@ -94,8 +94,3 @@ def test_data_parallel_trials_in_a_search(cifar10_dir, tmp_path, monkeypatch, ca
             for line in path.read_text().splitlines() if line.strip()]  # fmt: skip
     running = [r for r in rows if r.get("status") == "running"]
     assert running and all(r["workers"] == 2 and r["images_per_s"] > 0 for r in running)  # over both workers
-
-    (final,) = client.search_runs([experiment.experiment_id], f"{KIND} = 'final'")
-    summary = json.loads((tmp_path / "out" / "final" / "final.json").read_text())
-    assert final.data.metrics["flops_after"] == summary["flops_after"]
-    assert all(h["workers"] == 2 for h in summary["history"])  # trained and fine-tuned data-parallel

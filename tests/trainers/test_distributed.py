@@ -12,12 +12,16 @@ TorchTrainer on a local Ray (2 CPUs, 1 thread each) and compare with a run in th
   8 steps of SGD with momentum carry into weights of order 1; measured here: γ bit-identical,
   every tensor within 3e-8. The negative control: per-replica BN statistics (16
   images each) differ by more than 10 × ATOL (`test_the_tolerance_catches_...`).
-- a trial: rank 0's reported F is F of rank 0's final γ, recomputed here through the threshold
-  and the FLOPs count; the other replica measured nothing and reported as often.
+- a trial (smoke preset, real CIFAR-10), run for one epoch and resumed for a second by a new pair
+  of workers: both replicas restore rank 0's checkpoint, rank 0's reported F is F of rank 0's γ
+  recomputed here through the threshold and the FLOPs count, the other replica measured nothing,
+  reported as often and holds the same weights.
+- a final job on 2 workers: trained and fine-tuned data-parallel, rank 0's result handed back.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -147,6 +151,7 @@ def test_the_tolerance_catches_per_replica_bn_statistics(local_ray, tmp_path):
 
 
 def _trial_replica(cfg: dict) -> None:
+    """One replica of a trial on its shard, resuming from (and writing to) cfg["checkpoint"]."""
     import ray.train
 
     from trainers.trial import load_splits, run_trial
@@ -155,24 +160,32 @@ def _trial_replica(cfg: dict) -> None:
     splits = load_splits(config, torch.device("cpu"))
     distributed.shard(splits.train)
     reports: list[dict] = []
-    result = run_trial(config, 0.02, 1.2, report=reports.append, splits=splits)
+    result = run_trial(config, 0.02, 1.2, report=reports.append, checkpoint_dir=cfg["checkpoint"], splits=splits)
     rank = ray.train.get_context().get_world_rank()
-    torch.save({"status": result.status, "state": result.model_state, "reports": reports},
+    torch.save({"status": result.status, "state": result.model_state, "reports": reports, "message": result.message},
                Path(cfg["out"]) / f"trial{rank}.pt")  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_trials_f_is_rank_zeros_gammas_through_threshold_and_flops(local_ray, cifar10_dir, tmp_path):
+def test_a_resumed_two_worker_trial_reports_rank_zeros_f(local_ray, cifar10_dir, tmp_path):
+    """Epoch 1 on 2 workers; a new 2-worker run resumes both replicas from rank 0's checkpoint for
+    epoch 2. Its F is F of rank 0's γ through the threshold and FLOPs count; the replicas are equal."""
     from pruning.prunable import prunable_bns
     from trainers import models
     from trainers.pruning_rule import choose, reference_flops
 
-    config = load_config("smoke", {"data_dir": str(cifar10_dir), "workers_per_trial": 2, "max_epochs": 2,
-                                   "min_epochs": 2, "cache_dir": str(tmp_path / "cache")})  # fmt: skip
-    _fit(_trial_replica, {"config": config, "out": str(tmp_path)}, tmp_path)
+    overrides = {"data_dir": str(cifar10_dir), "workers_per_trial": 2, "max_epochs": 1, "min_epochs": 1,
+                 "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    checkpoint = tmp_path / "checkpoint"
+    for max_epochs in (1, 2):  # max_epochs does not change the trajectory: the second run resumes the first
+        config = load_config("smoke", {**overrides, "max_epochs": max_epochs})
+        _fit(_trial_replica, {"config": config, "out": str(tmp_path), "checkpoint": str(checkpoint)}, tmp_path)
     lead, other = (torch.load(tmp_path / f"trial{r}.pt", weights_only=False) for r in (0, 1))
-    assert other["status"] == "replica" and other["state"] is None
-    assert len(other["reports"]) == len(lead["reports"]) == 2  # as many reports (Ray Train's barrier)
+    assert lead["message"] == other["message"] == "resumed from epoch 1"  # every replica restored
+    assert other["status"] == "replica"
+    assert [r["epoch"] for r in lead["reports"]] == [r["epoch"] for r in other["reports"]] == [2]
+    assert _max_differences(lead["state"], other["state"]) == (0.0, 0.0)  # optimizer state restored on both
+
     last = lead["reports"][-1]
     assert last["workers"] == 2 and last["images_per_s"] > 0
     model = models.build(config.model, 10)
@@ -180,5 +193,21 @@ def test_a_trials_f_is_rank_zeros_gammas_through_threshold_and_flops(local_ray, 
     shape = (3, 8, 8)  # the smoke preset: CIFAR-10 pooled to 8×8
     choice = choose(model, prunable_bns(model, config.prunable_set), config, shape,
                     reference_flops(config, model, shape, 10))  # fmt: skip
-    assert choice.flops_reduction == last["flops_reduction"]
-    assert choice.summary == last["threshold"]
+    assert (choice.flops_reduction, choice.summary) == (last["flops_reduction"], last["threshold"])
+
+
+@pytest.mark.slow
+def test_a_two_worker_final_job_hands_back_rank_zeros_result(local_ray, cifar10_dir, tmp_path):
+    from search.train_workers import fit_final
+
+    config = load_config("smoke", {"data_dir": str(cifar10_dir), "final_workers": 2, "epochs": 2, "max_epochs": 2,
+                                   "min_epochs": 2, "cache_dir": str(tmp_path / "cache")})  # fmt: skip
+    result = fit_final(config, 0.02, 1.2, str(tmp_path / "final"), {"cpu": 2, "gpu": 0},
+                       storage_path=str(tmp_path / "ray"))  # fmt: skip
+    assert [h["phase"] for h in result.history] == ["train", "train", "finetune"]
+    assert all(h["workers"] == 2 for h in result.history)  # trained and fine-tuned data-parallel
+    summary = json.loads((tmp_path / "final" / "final.json").read_text())  # written once, by rank 0
+    assert summary["flops_after"] == result.flops_after and 0 <= result.flops_reduction < 1
+    exported = torch.export.load(tmp_path / "final" / "pruned_model.pt2").module()
+    x = result.example_input
+    torch.testing.assert_close(exported(x), result.pruned_model.eval()(x), rtol=1e-4, atol=1e-4)
