@@ -9,6 +9,7 @@ half-written; every process a test starts is gone at its end.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -180,6 +181,13 @@ def test_tracker_ends_running_trials_killed_and_logs_an_epoch_once(tmp_path):
     assert trial.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(trial.info.run_id, "flops_reduction")] == [1, 2, 3]
 
+    resumed.log_epoch("b", {**epoch, "epoch": 1})  # a trial that failed (a dead network): no NaN at its last step
+    resumed.end_trial("b", {**epoch, "epoch": 1, "flops_reduction": float("nan"), "status": "failed", "message": "x"})
+    (failed,) = client.search_runs([tracker.experiment_id], f"{KIND} = 'trial' and tags.status = 'failed'")
+    history = client.get_metric_history(failed.info.run_id, "flops_reduction")
+    assert [m.step for m in history if math.isfinite(m.value)] == [1]  # its epoch once; then its F: NaN
+    assert math.isnan(failed.data.metrics["flops_reduction"])
+
 
 # ---------------------------------------------------------------------------------------------
 # Slow: a real search on a real local Ray, each under ~2 minutes.
@@ -292,7 +300,8 @@ def test_sigkill_of_a_trial_worker_is_retried_from_its_checkpoint(cifar10_dir, t
     assert row["epochs"] >= 2
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (trial,) = client.search_runs([client.get_experiment_by_name("faults").experiment_id], f"{KIND} = 'trial'")
-    steps = [m.step for m in client.get_metric_history(trial.info.run_id, "flops_reduction")]
+    history = client.get_metric_history(trial.info.run_id, "flops_reduction")
+    steps = [m.step for m in history if math.isfinite(m.value)]  # a failed trial ends on NaN, its F
     assert steps == list(range(1, len(steps) + 1))  # the retried epochs logged once each
     (rows,) = _rows(tmp_path / "out" / "ray" / "tune")
     epochs = [r["epoch"] for r in rows if r.get("status") == "running"]
@@ -342,8 +351,9 @@ def _sigkill_and_resume(argv: list[str], tmp_path: Path, tune_dir: Path) -> None
     points = [json.dumps([float(t.data.params["lam"]), float(t.data.params["t"])]) for t in trials]
     assert len(points) == len(set(points))  # no trial ran twice
     assert all(t.info.status in ("FINISHED", "FAILED") for t in trials)
-    for t in trials:  # each epoch once, also for the trial the SIGKILL interrupted
-        steps = [m.step for m in client.get_metric_history(t.info.run_id, "flops_reduction")]
+    for t in trials:  # each epoch once, also for the trial the SIGKILL interrupted (a failed trial ends on NaN)
+        history = client.get_metric_history(t.info.run_id, "flops_reduction")
+        steps = [m.step for m in history if math.isfinite(m.value)]
         assert steps == list(range(1, len(steps) + 1))
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert {json.dumps([r["lam"], r["t"]]) for r in result["trials"]} >= finished_before
@@ -437,8 +447,6 @@ def test_a_local_job_stopped_midway_is_one_line(capsys):
 
 
 def test_json_is_written_strictly_and_whole(tmp_path):
-    import math
-
     from search.outcome import write_json
 
     def strict(text: str):
