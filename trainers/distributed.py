@@ -137,9 +137,9 @@ class Replica:
                      for name, child in parent.named_children()
                      if isinstance(child, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
         self._global = [GlobalBatchNorm(bn) for _, _, bn in self._bns]
-        # Buffers are not broadcast each step: the global-batch statistics keep them identical.
+        # Buffers are synced once, not before every step: the global-batch statistics keep them identical.
         ids = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
-        self.module = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        self.module = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
     @contextlib.contextmanager
     def training(self) -> Iterator[nn.Module]:
