@@ -106,7 +106,9 @@ def summary(outcome: Any, target: float, delta: float) -> str:
         lines.append(f"{i:>3}  {row.lam:>10.4g}  {row.t:>6.3g}  {fmt(row.flops_reduction, '6.3f')}  "
                      f"{fmt(row.epochs, '6.0f')}  {fmt(row.val_accuracy, '8.3f')}  {row.status}")
     best = outcome.best
-    if best is None:
+    if best is None and getattr(outcome, "interrupted", False):
+        lines.append("winner: none yet (interrupted)")
+    elif best is None:
         lines.append("winner: none (no trial ended with a stable F: each failed or was decided early)")
         lines.append(f"verdict: no result for F*={target} ± {delta}")
     else:
