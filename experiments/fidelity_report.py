@@ -70,7 +70,7 @@ def histograms(rows: dict[str, dict[str, Any]], none: dict[str, Any] | None) -> 
 
 def equal_f(rows: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| target | method | F | acc. after pruning | acc. fine-tuned | seeds |", "|---|---|---|---|---|---|"]
-    for pol in ("pol_a", "pol_b"):
+    for pol in ("pol_c", "pol_a", "pol_b"):
         for method, prefix in (("polarization", f"ft/{pol}/global/"), ("L1 + percentile (NS)", f"ft/l1@{pol}/"),
                                ("uniform width", f"uniform@{pol}/")):  # fmt: skip
             group = [r for k, r in rows.items() if k.startswith(prefix)]
@@ -124,7 +124,7 @@ def posthoc(rows: dict[str, dict[str, Any]], data_dir: str) -> list[str]:
         _measure_posthoc(rows, done, todo, data_dir)
     rows = {**rows, **done}
     lines = ["| trained | threshold | pruned set | F | acc. after pruning |", "|---|---|---|---|---|"]
-    for kind in ("pol_a", "pol_a_authors", "pol_b"):
+    for kind in ("pol_c", "pol_a", "pol_a_authors", "pol_b"):
         for scope, name in itertools.product(("global", "per_layer"), ("all", "authors")):
             group = [r for k, r in rows.items() if k.startswith("posthoc/train/" + kind + "/")
                      and k.endswith(f"/{scope}/{name}")]  # fmt: skip
