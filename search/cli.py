@@ -168,7 +168,11 @@ def _config_arguments(p: argparse.ArgumentParser) -> None:
 
 def _typed_flag(p: argparse._ActionsContainer, name: str, text: str, hint: typing.Any) -> None:
     kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-    p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
+    flag = f"--{name.replace('_', '-')}"
+    if kind is bool:  # --early-decisions / --no-early-decisions; not given: the preset's or the default
+        p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        return
+    p.add_argument(flag, dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
 
 
 if __name__ == "__main__":

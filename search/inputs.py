@@ -60,6 +60,7 @@ SETTINGS_FLAGS = {
     "t_init": "t₀, the t of the λ phase",
     "t_step": "the step of t in the t phase",
     "max_trials": "the trial budget of the search",
+    "early_decisions": "end a trial once the side of the strategy's window is known (docs/search-cost.md)",
 }
 
 

@@ -42,7 +42,8 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default store: sqlite:///mlflow.db in the working folder
     argv = ["--target-flops", str(TARGET), "--delta", str(DELTA), "--preset", "smoke", "--data-dir", str(cifar10_dir),
-            "--max-trials", "3", "--output", "out", "--experiment", "e2e"]  # fmt: skip
+            "--max-trials", "3", "--output", "out", "--experiment", "e2e",
+            "--no-early-decisions"]  # every trial to a stable F: a winner and its final job  # fmt: skip
     code = main(argv)
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
@@ -54,7 +55,7 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     assert set(FIELDS) | {"target", "delta", "strategy", "preset"} <= set(params)
     assert (params["target"], params["delta"], params["strategy"], params["preset"]) == ("0.5", "0.01", "algorithm1",
                                                                                           "smoke")
-    assert params["max_trials"] == "3" and params["model"] == "resnet20"
+    assert params["max_trials"] == "3" and params["model"] == "resnet20" and params["early_decisions"] == "False"
     assert parent.info.status in ("FINISHED", "FAILED")  # FAILED when the target was missed (issue 15)
 
     trials = _runs(client, "e2e", f"tags.mlflow.parentRunId = '{parent.info.run_id}' and {KIND} = 'trial'")
