@@ -112,7 +112,7 @@ def _raise_io_errors(grid: Any) -> None:
     machine's fault, not the trial's outcome, and the next trial would meet the same disk."""
     io_errnos = (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT)
     for result in grid:
-        if result.metrics and result.metrics.get("errno") in io_errnos:  # reported by the trial (tune.io_failure)
+        if result.metrics and result.metrics.get("errno") in io_errnos:  # reported by the trial (trainable.io_failure)
             raise SearchFailed(f"a trial failed on an I/O error: {result.metrics['io_error']}")
     try:
         errors = list(grid.errors)
@@ -180,13 +180,14 @@ def _run_trials(spec: SearchSpec, config: Any, resources: dict[str, float], pare
     from search import tune
     from search.report import trial_handlers
     from search.strategies import build
+    from search.trainable import trial_trainable
 
     optuna = {"storage": f"sqlite:///{(spec.output / 'optuna.db').resolve()}", "study_name": spec.output.name}
     strategy = build(spec.settings, **(optuna if spec.settings.strategy == "optuna" else {}))
     searcher = tune.AskTellSearcher(strategy)
     storage = spec.output / "ray"
     grid = tune.run_tuner(
-        tune.trial_trainable(config), searcher, resources=resources, name=TUNE_NAME, storage_path=storage,
+        trial_trainable(config), searcher, resources=resources, name=TUNE_NAME, storage_path=storage,
         max_trials=spec.settings.max_trials, parallel=spec.settings.concurrency, resume=resume,
         workers=config.workers_per_trial,
         callbacks=[tune.TrialEvents(trial_handlers, spec.mlflow_uri, spec.experiment, parent_id,

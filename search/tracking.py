@@ -34,6 +34,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "polarsearch"
 KIND = "polarsearch.kind"  # search | trial | final
 TRIAL_ID = "polarsearch.trial_id"  # Ray Tune's trial id, to find a trial's run again on --resume
+NODE_ID = "polarsearch.node_id"  # the Ray node a trial ran on
 _DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _PARAM_MAX = 6000
 
@@ -175,6 +176,8 @@ class SearchTracker:
         if self._last_epoch.get(trial_id) != (epochs, flops):  # else the history already ends with it
             metrics.append(Metric("flops_reduction", flops, _now(), epochs))
         tags = [RunTag("status", str(result.get("status", ""))), RunTag("message", str(result.get("message", "")))]
+        if result.get("node_id"):  # the Ray node that trained it (its last one, if it was retried elsewhere)
+            tags.append(RunTag(NODE_ID, str(result["node_id"])))
         if result.get("decided"):  # ended early: the side of the window, and the stable F it forecast
             tags.append(RunTag("decided", str(result["decided"])))
             metrics.append(Metric("forecast_flops_reduction", _float(result.get("forecast")), _now(), epochs))

@@ -110,7 +110,7 @@ def _one_line(error: BaseException) -> str:
 def _trial_worker(loop_config: dict[str, Any]) -> None:
     """One replica of a trial: run_trial on its shard; rank 0 reports (with the checkpoint), the
     others report empty rows as often (Ray Train's reports are a barrier of all workers)."""
-    from search.tune import decider, epoch_metrics, final_metrics
+    from search.trainable import decider, epoch_metrics, final_metrics
     from trainers.trial import run_trial
 
     base, lam, t, window, number = (loop_config[k] for k in ("base", "lam", "t", "window", "trial"))

@@ -241,6 +241,8 @@ def test_trials_run_on_a_second_node_and_log_to_a_tracking_server(cifar10_dir, c
     # Ended (FINISHED, or FAILED when the target was missed), not left RUNNING by a driver on another node.
     assert len(trials) == 2 and parent["info"]["status"] in ("FINISHED", "FAILED") and parent["info"]["end_time"]
     assert all(tag["mlflow.parentRunId"] == parent["info"]["run_id"] for tag in trials)
+    # each trial run names the node that trained it, as Ray's state API saw it
+    assert {tag["polarsearch.node_id"] for tag in trials} == set(ran_on)
 
 
 def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(cifar10_dir, cluster, work):

@@ -24,12 +24,8 @@ from search.ray_cluster import (
 )
 from search.settings import SearchSettings
 from search.strategies import WAIT
-from search.tune import (
-    AskTellSearcher,
-    TrialEvents,
-    final_metrics,
-    run_tuner,
-)
+from search.trainable import final_metrics
+from search.tune import AskTellSearcher, TrialEvents, run_tuner
 from trainers.trial import TrialResult
 
 TARGET, DELTA = 0.5, 0.02
