@@ -6,7 +6,8 @@
     polarsearch compare --mlflow-uri sqlite:////abs/mlflow.db --experiment E --format csv|json|table
 
 One row per trial run (number, λ, t, F, |F − F*|, epochs, accuracy, status), the winner marked
-with `*`. It only reads MLflow, so it works on a finished, running or interrupted search alike.
+with `*`. It only reads MLflow, so it works on a finished, running or interrupted search alike;
+`runs_table` gives the same trials as a pandas table, for a notebook.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
 
 from search.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, KIND
 from search.views import NUMBER, VERDICT, WINNER, Target
@@ -163,3 +167,27 @@ def _time(ms: int | None) -> str:
     import time
 
     return "" if ms is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
+
+
+def runs_table(uri: str, experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None) -> pd.DataFrame:
+    """The trials of a search as a pandas table (the newest search of `experiment` by default), one row
+    per trial run: lam, t, flops_reduction, val_accuracy, epochs, status, run_id, in the order they started."""
+    columns = ["lam", "t", "flops_reduction", "val_accuracy", "epochs", "status", "run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return pd.DataFrame(columns=columns)
+    ids = [found.experiment_id]
+    if parent_run_id is None:
+        parents = client.search_runs(ids, f"tags.`{KIND}` = 'search'", order_by=["attributes.start_time DESC"],
+                                     max_results=1)  # fmt: skip
+        if not parents:
+            return pd.DataFrame(columns=columns)
+        parent_run_id = parents[0].info.run_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{KIND}` = 'trial'"
+    runs = client.search_runs(ids, query, order_by=["attributes.start_time ASC"], max_results=10000)
+    rows = [{"lam": float(r.data.params["lam"]), "t": float(r.data.params["t"]),
+             "flops_reduction": r.data.metrics.get("flops_reduction"), "val_accuracy": r.data.metrics.get("val_accuracy"),
+             "epochs": r.data.metrics.get("epochs"), "status": r.data.tags.get("status"), "run_id": r.info.run_id}
+            for r in runs]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)

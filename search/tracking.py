@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
@@ -249,30 +248,6 @@ class SearchTracker:
     def _children(self, kind: str) -> list:
         query = f"tags.mlflow.parentRunId = '{self._parent()}' and tags.`{KIND}` = '{kind}'"
         return list(self.client.search_runs([self.experiment_id], filter_string=query, max_results=10000))
-
-
-def runs_table(uri: str, experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None) -> pd.DataFrame:
-    """The trials of a search as a pandas table (the newest search of `experiment` by default), one row
-    per trial run: lam, t, flops_reduction, val_accuracy, epochs, status, run_id, in the order they started."""
-    columns = ["lam", "t", "flops_reduction", "val_accuracy", "epochs", "status", "run_id"]
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return pd.DataFrame(columns=columns)
-    ids = [found.experiment_id]
-    if parent_run_id is None:
-        parents = client.search_runs(ids, f"tags.`{KIND}` = 'search'", order_by=["attributes.start_time DESC"],
-                                     max_results=1)  # fmt: skip
-        if not parents:
-            return pd.DataFrame(columns=columns)
-        parent_run_id = parents[0].info.run_id
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{KIND}` = 'trial'"
-    runs = client.search_runs(ids, query, order_by=["attributes.start_time ASC"], max_results=10000)
-    rows = [{"lam": float(r.data.params["lam"]), "t": float(r.data.params["t"]),
-             "flops_reduction": r.data.metrics.get("flops_reduction"), "val_accuracy": r.data.metrics.get("val_accuracy"),
-             "epochs": r.data.metrics.get("epochs"), "status": r.data.tags.get("status"), "run_id": r.info.run_id}
-            for r in runs]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
 
 
 @contextmanager

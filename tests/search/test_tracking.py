@@ -11,8 +11,9 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
+from search.compare import runs_table
 from search.strategies import Trial
-from search.tracking import SearchTracker, TrackingError, absolute_uri, check_uri, runs_table, ui_hint
+from search.tracking import SearchTracker, TrackingError, absolute_uri, check_uri, ui_hint
 from trainers.config import FIELDS, load_config
 from trainers.final import FinalResult
 
