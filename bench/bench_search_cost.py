@@ -145,12 +145,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="noise seeds per target")
     parser.add_argument("--max-trials", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 noise seeds, no file written")
-    parser.add_argument("--bounds", action="store_true", help="print the early-decision bounds of px16.json")
+    parser.add_argument("--bounds", action="store_true", help="print the early-decision bounds of the recorded trials")
     args = parser.parse_args()
     if args.bounds:
-        rows = [r for r in json.loads((RESULTS / "px16.json").read_text())["rows"] if r["lam"] > 0]
-        spread = max((max(fs) - min(fs) for fs in _by_point(rows).values() if len(fs) > 1), default=0.0)
-        print(RiseBounds.measure([r["f_per_epoch"] for r in rows], 30, round(spread, 3)))
+        print(RiseBounds.measure([r["f_per_epoch"] for r in recorded_rows()], 30, margin=0.05))
         return
     record = run(3 if args.quick else args.seeds, args.max_trials)
     print(f"{record['rows_recorded']} recorded trials, seed-to-seed σ = {record['sigma']:.3f}")
