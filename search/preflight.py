@@ -24,10 +24,11 @@ class PreflightError(ValueError):
     """An input that would fail once used; the message is one line."""
 
 
-def check_mlflow(uri: str, experiment: str = "Default", timeout: float = 3.0) -> None:
+def check_mlflow(uri: str, experiment: str = "Default", timeout: float = 10.0) -> None:
     """The MLflow store at `uri` works: a known scheme, a SQLite file that is an MLflow database, or
     an HTTP server that answers MLflow's REST API (not a web page); `experiment`, if it is there, is
-    not deleted (MLflow refuses new runs in a deleted experiment)."""
+    not deleted (MLflow refuses new runs in a deleted experiment). The deadline is generous: a server
+    just started answers its first request in seconds on a loaded machine (seen: > 3 s)."""
     from search.tracking import TrackingError, check_uri
 
     scheme = urlparse(uri).scheme.split("+")[0]

@@ -271,7 +271,8 @@ def test_trial_json_on_real_data(cifar10_dir, tmp_path, monkeypatch, capsys):
 
 def test_ctrl_c_during_a_trial_exits_130_with_one_line(cifar10_dir, tmp_path):
     argv = [sys.executable, "-m", "search.cli", "trial", "--preset", "smoke", "--data-dir", str(cifar10_dir),
-            "--lam", "0.02", "--t", "1.2", "--output", str(tmp_path / "trial"), "--json", "--max-epochs", "4"]
+            "--lam", "0.02", "--t", "1.2", "--output", str(tmp_path / "trial"), "--json",
+            "--epochs", "40", "--max-epochs", "40", "--min-epochs", "40"]  # still training when Ctrl-C comes
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path) as proc:
         first = proc.stdout.readline()  # the first epoch is done: the trial is training
         proc.send_signal(signal.SIGINT)

@@ -35,10 +35,19 @@ SEARCH = ["--preset", "smoke", "--target-flops", "0.5", "--delta", "0.1", "--str
           "--max-trials", "2", "--skip-final"]  # fmt: skip
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A free port never handed out before in this session: Ray refuses a node whose components were
+    given the same port twice (seen: the dashboard's port drawn again for an agent)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(check, timeout: float, what: str, log=lambda: "") -> None:
