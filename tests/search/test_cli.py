@@ -273,7 +273,11 @@ def test_ctrl_c_during_a_trial_exits_130_with_one_line(cifar10_dir, tmp_path):
     argv = [sys.executable, "-m", "search.cli", "trial", "--preset", "smoke", "--data-dir", str(cifar10_dir),
             "--lam", "0.02", "--t", "1.2", "--output", str(tmp_path / "trial"), "--json",
             "--epochs", "40", "--max-epochs", "40", "--min-epochs", "40"]  # still training when Ctrl-C comes
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path) as proc:
+    # The child gets SIGINT's default action whatever this process inherited: Python installs its
+    # KeyboardInterrupt handler only where SIGINT is not ignored at start-up.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                          preexec_fn=default_sigint) as proc:  # fmt: skip
         first = proc.stdout.readline()  # the first epoch is done: the trial is training
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
