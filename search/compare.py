@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 from mlflow import MlflowClient
 
+from search.outcome import finite
 from search.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, KIND
 from search.views import NUMBER, VERDICT, WINNER, Target
 
@@ -64,13 +65,13 @@ def trials(uri: str, experiment: str, search: str | None = None) -> tuple[list[d
     runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=10000)
     rows = []
     for i, run in enumerate(runs, 1):
-        flops = _finite(run.data.metrics.get("flops_reduction"))
+        flops = finite(run.data.metrics.get("flops_reduction"))
         epochs = run.data.metrics.get("epochs")
         rows.append({
             "winner": "*" if run.data.tags.get(WINNER) == "true" else "", "trial": int(run.data.tags.get(NUMBER, i)),
             "lam": float(run.data.params["lam"]), "t": float(run.data.params["t"]), "flops_reduction": flops,
             "gap": None if flops is None or target is None else abs(flops - target.target),
-            "epochs": None if epochs is None else int(epochs), "val_accuracy": _finite(run.data.metrics.get("val_accuracy")),
+            "epochs": None if epochs is None else int(epochs), "val_accuracy": finite(run.data.metrics.get("val_accuracy")),
             "status": run.data.tags.get("status", ""), "run_id": run.info.run_id,
         })  # fmt: skip
     return sorted(rows, key=lambda row: row["trial"]), TRIAL_COLUMNS
@@ -150,10 +151,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if not math.isnan(value) else "-"
     return str(value)
-
-
-def _finite(value: Any) -> float | None:
-    return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 def _float(value: Any) -> float | None:

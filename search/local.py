@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from search.inputs import UsageError, check_data, check_lam_t, config_of
+from search.outcome import strict
 from search.report import final_lines, fmt
 
 
@@ -31,7 +31,7 @@ def trial_command(args: argparse.Namespace) -> int:
         from trainers.trial import REPORTED, run_trial
 
         def report(metrics: dict[str, Any]) -> None:
-            row = {k: _json_number(metrics.get(k)) for k in REPORTED}
+            row = {k: strict(metrics.get(k)) for k in REPORTED}
             if args.json:
                 out.write(json.dumps(row) + "\n")
             else:
@@ -99,9 +99,3 @@ def check_here(config: Any, output: Path) -> None:
     except PreflightError as error:
         raise UsageError(str(error)) from None
     check_data(config)
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -60,7 +60,7 @@ class TrialRow:
         status = str(reported.get("status") or ("failed" if trial.failed else "ok"))
         return cls(id=trial.id, lam=trial.lam, t=trial.t, flops_reduction=trial.flops_reduction,
                    status="failed" if trial.failed else status, epochs=_int(reported.get("epoch")),
-                   val_accuracy=_finite(reported.get("val_accuracy")), message=str(reported.get("message") or ""),
+                   val_accuracy=finite(reported.get("val_accuracy")), message=str(reported.get("message") or ""),
                    trial_id=trial_id, decided=trial.decided)  # fmt: skip
 
 
@@ -121,26 +121,28 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """`data` as strict JSON (NaN and infinities as null), written atomically: the whole file or none."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(_strict(data), indent=2, default=str, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(strict(data), indent=2, default=str, allow_nan=False) + "\n")
         os.replace(tmp, path)
     except BaseException:  # a full disk: no half-written file left beside the old one (or none)
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _strict(value: Any) -> Any:
+def strict(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±inf) as None, inside dicts and lists too: strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
+        return {k: strict(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
+        return [strict(v) for v in value]
     return value
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """`value` as a float, or None when it is missing or not finite."""
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 def _int(value: Any) -> int | None:
-    return None if _finite(value) is None else int(value)
+    return None if finite(value) is None else int(value)
