@@ -1,17 +1,17 @@
 """Issue 11: the paper's claim checked against L1 (Network Slimming) and uniform width, on cpu-quick.
 
 Every network is trained by the project's own loop (`trainers.loop.train`, from `start_model`) on
-cpu-quick's data and recipe at half its budget (`BUDGET`: 15 epochs, then pruned by
-`trainers.pruning_rule.choose` and fine-tuned 5 epochs, as the final job does); a uniform-width
-network is trained 15 + 5 epochs the same way, never pruned. Per seed:
+the preset's data and recipe at its full budget (cpu-quick: exactly 30 epochs, min = max = epochs),
+then pruned by `trainers.pruning_rule.choose` and fine-tuned `finetune_epochs` (10), as the final
+job does; a uniform-width network is trained 30 + 10 epochs the same way, never pruned. Per seed:
 
-- train: `pol_a` / `pol_b` / `pol_c` (polarization, λ 1.4e-3 / 4e-3 / 7.5e-4, t 1.2: F 0.67 /
-  0.77 / ≈ 0.5 at 15 epochs), `l1` (λ_L1), `pol_a_authors` (λ_a over the authors' prunable set);
-  `none` comes from px16.json;
-- fine-tune at equal F: pol_a and pol_b as pruned (global threshold, all BNs), L1 at the
-  percentile that gives the same seed's polarization F, uniform at the width that gives it;
-- (c) per-layer vs global and authors vs all: F and accuracy right after pruning, measured on the
-  cached trained networks by experiments/fidelity_report.py.
+- train: `pol_lam7e-4` / `pol_lam2e-3` (polarization, t 1.2; px16.json at this budget: F ≈ 0.54 /
+  0.70), `l1_lam2e-3` (L1 on γ, one training per seed); `none` comes from px16.json;
+- fine-tune at equal F: each polarized network as pruned (global threshold, all BNs), L1 at the
+  percentile that gives the same seed's polarized F, uniform at the width that gives it;
+- then, once every seed's equal-F runs are done: `pol_lam7e-4_authors` (λ 7e-4 over the authors'
+  prunable set) for (c); (c)'s per-layer vs global and authors vs all, F and accuracy right after
+  pruning, are measured on the cached trained networks by experiments/fidelity_report.py.
 
 Rows (config, seed, commit, numbers, |γ| after training) go to experiments/results/fidelity.json;
 a run already there is skipped, so an interrupted run continues where it stopped. Trained weights
@@ -36,50 +36,49 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "fidelity.json"
 PRESET = "cpu-quick"
-# Half cpu-quick's budget (15 + 5 epochs instead of 30 + 10): what this shared 2-core machine could
-# run in the issue's time. λ doubled from cpu-quick's F ≈ 0.5 / 0.7 points (7e-4, 2e-3 at 30 epochs)
-# to make up for half the steps; L1's λ is polarization's λ_a scale (t·λ), not tuned.
-BUDGET = {"epochs": 15, "max_epochs": 15, "min_epochs": 15, "finetune_epochs": 5}
-LAM_A, LAM_B, LAM_C, LAM_L1, T = 1.4e-3, 4e-3, 7.5e-4, 2e-3, 1.2
+# λ at t = 1.2 from px16.json (cpu-quick, 30 epochs): 7e-4 gave F 0.54 / 0.54 / 0.55 (seeds 0 / 1 / 2),
+# 2e-3 gave 0.70 / 0.73 / 0.69 — the F ≈ 0.5 and ≈ 0.7 points. L1's λ is not tuned: it equals the
+# larger polarization λ (Network Slimming's percentile threshold sets F, not λ).
+LAM_50, LAM_70, LAM_L1, T = 7e-4, 2e-3, 2e-3, 1.2
 # The unregularized network of Figure 1 is px16's λ = 0 reference (cpu-quick, seed 0, 30 epochs: the
 # same recipe), its γ recorded there; None would train it here.
 NONE_FROM: str | None = "px16.json"
 TRAIN = {  # kind: Config overrides and λ
     "none": ({"regularizer": "none"}, 0.0),
-    "l1": ({"regularizer": "l1"}, LAM_L1),
-    "pol_a": ({}, LAM_A),
-    "pol_b": ({}, LAM_B),
-    "pol_c": ({}, LAM_C),  # added once λ_a gave F 0.67, not 0.5, at 15 epochs
-    "pol_a_authors": ({"prunable_set": "authors"}, LAM_A),
+    "l1_lam2e-3": ({"regularizer": "l1"}, LAM_L1),
+    "pol_lam7e-4": ({}, LAM_50),
+    "pol_lam2e-3": ({}, LAM_70),
+    "pol_lam7e-4_authors": ({"prunable_set": "authors"}, LAM_50),
 }
+POLARIZED = ("pol_lam7e-4", "pol_lam2e-3")  # the equal-F points, F ≈ 0.5 and ≈ 0.7
+L1 = "l1_lam2e-3"
 
 
 def jobs(seeds: list[int]) -> list[dict[str, Any]]:
-    """Every run, in the order they start (seed by seed: the equal-F comparisons at λ_a and λ_b first,
-    then λ_c, the authors' set last), with the runs each one needs."""
+    """Every run, in the order they start: seed by seed the equal-F comparison (b), then the authors'
+    prunable set for (c) on every seed, with the runs each one needs."""
     out = []
     for seed in seeds:
         trained = {k: f"train/{k}/s{seed}" for k in TRAIN}
         out += [{"id": trained[k], "kind": "train", "train": k, "seed": seed, "needs": []}
-                for k in ("pol_a", "pol_b", "l1")]  # fmt: skip
-        for pol in ("pol_a", "pol_b", "pol_c"):
-            if pol == "pol_c":
-                out.append({"id": trained[pol], "kind": "train", "train": pol, "seed": seed, "needs": []})
+                for k in (*POLARIZED, L1)]  # fmt: skip
+        for pol in POLARIZED:
+            out.append({"id": f"ft/{pol}/s{seed}", "kind": "finetune", "train": pol, "seed": seed,
+                        "overrides": {}, "needs": [trained[pol]]})  # fmt: skip
+            out.append({"id": f"ft/{L1}@{pol}/s{seed}", "kind": "finetune", "train": L1, "seed": seed,
+                        "overrides": {"baseline": "slimming", "regularizer": "l1"}, "match": trained[pol],
+                        "needs": [trained[L1], trained[pol]]})  # fmt: skip
             out.append({"id": f"uniform@{pol}/s{seed}", "kind": "uniform", "seed": seed, "match": trained[pol],
                         "needs": [trained[pol]]})  # fmt: skip
-            out.append({"id": f"ft/{pol}/global/s{seed}", "kind": "finetune", "train": pol, "seed": seed,
-                        "overrides": {}, "needs": [trained[pol]]})  # fmt: skip
-            out.append({"id": f"ft/l1@{pol}/s{seed}", "kind": "finetune", "train": "l1", "seed": seed,
-                        "overrides": {"baseline": "slimming", "regularizer": "l1"}, "match": trained[pol],
-                        "needs": [trained["l1"], trained[pol]]})  # fmt: skip
-        out.append({"id": trained["pol_a_authors"], "kind": "train", "train": "pol_a_authors", "seed": seed,
-                    "needs": []})  # fmt: skip
         if seed == seeds[0] and NONE_FROM is None:
             out.append({"id": trained["none"], "kind": "train", "train": "none", "seed": seed, "needs": []})
+    out += [{"id": f"train/pol_lam7e-4_authors/s{seed}", "kind": "train", "train": "pol_lam7e-4_authors",
+             "seed": seed, "needs": []} for seed in seeds]  # fmt: skip
     return out
 
 
-def run(job: dict[str, Any], data_dir: str, matched_f: float | None, preset: str = PRESET) -> dict[str, Any]:
+def run(job: dict[str, Any], data_dir: str, matched_f: float | None, preset: str = PRESET,
+        lam_scale: float = 1.0) -> dict[str, Any]:
     """One run in a worker process (one thread); its row."""
     import torch
 
@@ -91,11 +90,12 @@ def run(job: dict[str, Any], data_dir: str, matched_f: float | None, preset: str
 
     torch.set_num_threads(1)
     start = time.time()
-    base = {"data_dir": data_dir, "seed": job["seed"], "threads": 1, **BUDGET}
+    epochs = load_config(preset).epochs  # the preset's full budget, every run exactly that long
+    base = {"data_dir": data_dir, "seed": job["seed"], "threads": 1, "min_epochs": epochs, "max_epochs": epochs}
     if job["kind"] == "uniform":
         overrides, lam = {"regularizer": "none", "baseline": "uniform", "baseline_flops": round(matched_f, 4)}, 0.0
     else:
-        overrides, lam = dict(TRAIN[job["train"]][0]), TRAIN[job["train"]][1]
+        overrides, lam = dict(TRAIN[job["train"]][0]), TRAIN[job["train"]][1] * lam_scale
     config = load_config(preset, {**base, **overrides})
     cpu = torch.device("cpu")
     splits = load_splits(config, cpu)
@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--preset", default=PRESET, help="smoke: check the pipeline in minutes")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--lam-scale", type=float, default=1.0,
+                        help="every λ times this (smoke: 20, its λ range is 20× cpu-quick's)")
     args = parser.parse_args()
     rows = {r["id"]: r for r in json.loads(args.out.read_text())["rows"]} if args.out.is_file() else {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -182,7 +184,7 @@ def main() -> None:
         while todo or running:
             for job in [j for j in todo if all(n in rows for n in j["needs"])][: args.jobs - len(running)]:
                 match = rows[job["match"]]["F_global"] if "match" in job else None
-                running[pool.submit(run, job, os.path.abspath(args.data_dir), match, args.preset)] = job
+                running[pool.submit(run, job, os.path.abspath(args.data_dir), match, args.preset, args.lam_scale)] = job
                 todo.remove(job)
             if not running:
                 raise SystemExit(f"runs whose inputs failed: {[j['id'] for j in todo]}")

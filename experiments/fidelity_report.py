@@ -2,8 +2,10 @@
 
     python experiments/fidelity_report.py --data-dir ../shared/data/cifar10
 
-(a) the γ histograms after training (the paper's Figure 1) and the margin number, the fraction of
-|γ| in (0.05, 0.15); (b) fine-tuned accuracy at equal F per method; (c) per-layer vs global
+Every number over seeds is mean ± sample std with n, the number of seeds that finished.
+(a) the γ histograms after training (the paper's Figure 1, every seed's γ pooled) and the margin
+number, the fraction of |γ| in (0.05, 0.15); (b) accuracy after pruning and fine-tuned at equal F
+per method, and polarization's paired differences (same seed) against L1 and uniform width; (c) per-layer vs global
 threshold and the authors' vs all prunable set: F on px16's 19 polarized γ sets (F depends on γ
 only), F and accuracy right after pruning on the cached trained networks (rows in
 results/fidelity_posthoc.json, each measured once); (d) Theorem 3.2: the regularizer alone,
@@ -23,19 +25,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fidelity import OUT, PRESET, RESULTS, _write
+from fidelity import L1, OUT, POLARIZED, PRESET, RESULTS, TRAIN, _write
 
 POSTHOC = RESULTS / "fidelity_posthoc.json"  # its own file: fidelity.py may be writing OUT meanwhile
 
 MARGIN = (0.05, 0.15)
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], signed: bool = False) -> str:
+    """Mean ± sample standard deviation over seeds, with n."""
+    sign = "+" if signed else ""
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.3f} (n=1)"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+        return f"{values[0]:{sign}.3f} (n=1)"
+    return f"{statistics.mean(values):{sign}.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+
+
+def seeds_of(group: list[dict[str, Any]]) -> str:
+    return ", ".join(str(r["seed"]) for r in sorted(group, key=lambda r: r["seed"])) or "—"
+
+
+def named(kind: str) -> str:
+    """A trained network's name in the tables: regularizer and λ."""
+    lam = TRAIN[kind][1]
+    name = {"pol": "polarization", "l1": "L1"}[kind.split("_")[0]]
+    return f"{name} λ {lam:.0e}".replace("e-0", "e-") + (" (authors' set)" if kind.endswith("_authors") else "")
 
 
 def margin(gammas: list[float]) -> float:
@@ -48,37 +63,59 @@ def histograms(rows: dict[str, dict[str, Any]], none: dict[str, Any] | None) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("no regularizer (px16 λ = 0, 30 epochs)", [none] if none else [])]
-    panels += [(title, [r for k, r in rows.items() if k.startswith(f"train/{kind}/")])
-               for title, kind in (("L1 (Network Slimming)", "l1"), ("polarization λ_a", "pol_a"),
-                                   ("polarization λ_b", "pol_b"))]  # fmt: skip
+    panels = [("no regularizer (px16 λ = 0, seed 0)", [none] if none else [])]
+    panels += [(named(kind), [r for k, r in rows.items() if k.startswith(f"train/{kind}/")])
+               for kind in (L1, *POLARIZED)]  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), sharey=False)
-    lines = ["| regularizer | fraction of |γ| in (0.05, 0.15) | fraction of |γ| < 0.01 |", "|---|---|---|"]
+    lines = ["| regularizer | fraction of \\|γ\\| in (0.05, 0.15) | fraction of \\|γ\\| < 0.01 | seeds |",
+             "|---|---|---|---|"]
     for ax, (title, group) in zip(axes, panels, strict=True):
         values = [abs(g) for r in group for g in r["gammas"]]
         if values:
             ax.hist(values, bins=[i / 100 for i in range(int(max(1.0, max(values)) * 100) + 2)])
         ax.axvspan(*MARGIN, color="orange", alpha=0.2)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title}, {len(group)} seed(s)", fontsize=9)
         ax.set_xlabel("|γ|")
         lines.append(f"| {title} | {mean_std([margin(r['gammas']) for r in group])} | "
-                     f"{mean_std([sum(abs(g) < 0.01 for g in r['gammas']) / len(r['gammas']) for r in group])} |")
+                     f"{mean_std([sum(abs(g) < 0.01 for g in r['gammas']) / len(r['gammas']) for r in group])} | "
+                     f"{seeds_of(group)} |")
     fig.tight_layout()
     fig.savefig(RESULTS / "fidelity_gammas.png", dpi=110)
     return lines
 
 
 def equal_f(rows: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["| target | method | F | acc. after pruning | acc. fine-tuned | seeds |", "|---|---|---|---|---|---|"]
-    for pol in ("pol_c", "pol_a", "pol_b"):
-        for method, prefix in (("polarization", f"ft/{pol}/global/"), ("L1 + percentile (NS)", f"ft/l1@{pol}/"),
-                               ("uniform width", f"uniform@{pol}/")):  # fmt: skip
-            group = [r for k, r in rows.items() if k.startswith(prefix)]
-            seeds = ", ".join(str(r["seed"]) for r in group) or "—"
-            lines.append(f"| {pol} | {method} | {mean_std([r['F'] for r in group])} | "
-                         f"{mean_std([r['acc_pruned'] for r in group])} | "
-                         f"{mean_std([r['acc_finetuned'] for r in group])} | {seeds} |")
-    return lines
+    from trainers.baselines import uniform_width
+
+    lines = ["| point | method | F | acc. after pruning | acc. fine-tuned | seeds |", "|---|---|---|---|---|---|"]
+    diffs = ["", "| point | fine-tuned: polarization − L1 | polarization − uniform | after pruning: polarization − L1 "
+             "| polarization − uniform |", "|---|---|---|---|---|"]  # fmt: skip
+    for pol in POLARIZED:
+        groups = {method: {r["seed"]: r for k, r in rows.items() if k.startswith(prefix)}
+                  for method, prefix in (("polarization", f"ft/{pol}/"), ("L1", f"ft/{L1}@{pol}/"),
+                                         ("uniform", f"uniform@{pol}/"))}  # fmt: skip
+        widths = [uniform_width("resnet20", 10, (3, 16, 16), r["config"]["baseline_flops"])
+                  for r in groups["uniform"].values()]  # fmt: skip
+        names = {"polarization": named(pol), "L1": f"{named(L1)} + percentile (NS)",
+                 "uniform": "uniform width w " + "/".join(f"{w:.2f}" for w in widths)}  # fmt: skip
+        point = f"F ≈ {statistics.mean(r['F'] for r in groups['polarization'].values()):.2f}" if groups[
+            "polarization"] else named(pol)  # fmt: skip
+        for method, group in groups.items():
+            values = list(group.values())
+            lines.append(f"| {point} | {names[method]} | {mean_std([r['F'] for r in values])} | "
+                         f"{mean_std([r['acc_pruned'] for r in values])} | "
+                         f"{mean_std([r['acc_finetuned'] for r in values])} | {seeds_of(values)} |")  # fmt: skip
+        paired = {(other, key): [groups["polarization"][seed][key] - groups[other][seed][key]
+                                 for seed in groups["polarization"] if seed in groups[other]]
+                  for other in ("L1", "uniform") for key in ("acc_finetuned", "acc_pruned")}  # fmt: skip
+        diffs.append(f"| {point} | " + " | ".join(mean_std(paired[other, key], signed=True)
+                     for key in ("acc_finetuned", "acc_pruned") for other in ("L1", "uniform")) + " |")  # fmt: skip
+    trained = ["", "| trained network | acc. before pruning | F (global threshold) | seeds |", "|---|---|---|---|"]
+    for kind in (*POLARIZED, L1, "pol_lam7e-4_authors"):
+        group = [r for k, r in rows.items() if k.startswith(f"train/{kind}/")]
+        f = mean_std([r["F_global"] for r in group]) if kind != L1 else "(percentile: matched)"
+        trained.append(f"| {named(kind)} | {mean_std([r['acc_trained'] for r in group])} | {f} | {seeds_of(group)} |")
+    return lines + diffs + trained
 
 
 def scopes_on_px16() -> list[str]:
@@ -117,19 +154,19 @@ def posthoc(rows: dict[str, dict[str, Any]], data_dir: str) -> list[str]:
     """F and accuracy right after pruning, per (scope, set), on the cached trained networks."""
     variants = [(k, scope, name) for k in rows if k.startswith("train/pol")
                 for scope in ("global", "per_layer") for name in ("all", "authors")
-                if not (k.startswith("train/pol_a_authors/") and name == "all")]  # fmt: skip
+                if not ("_authors/" in k and name == "all")]  # fmt: skip
     done = {r["id"]: r for r in json.loads(POSTHOC.read_text())["rows"]} if POSTHOC.is_file() else {}
     todo = [v for v in variants if f"posthoc/{v[0]}/{v[1]}/{v[2]}" not in done]
     if todo:
         _measure_posthoc(rows, done, todo, data_dir)
     rows = {**rows, **done}
     lines = ["| trained | threshold | pruned set | F | acc. after pruning |", "|---|---|---|---|---|"]
-    for kind in ("pol_c", "pol_a", "pol_a_authors", "pol_b"):
+    for kind in (*POLARIZED, "pol_lam7e-4_authors"):
         for scope, name in itertools.product(("global", "per_layer"), ("all", "authors")):
             group = [r for k, r in rows.items() if k.startswith("posthoc/train/" + kind + "/")
                      and k.endswith(f"/{scope}/{name}")]  # fmt: skip
             if group:
-                lines.append(f"| {kind} | {scope} | {name} | {mean_std([r['F'] for r in group])} | "
+                lines.append(f"| {named(kind)} | {scope} | {name} | {mean_std([r['F'] for r in group])} | "
                              f"{mean_std([r['acc_pruned'] for r in group])} |")
     return lines
 
@@ -208,7 +245,9 @@ def theorem(rows: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"| {t} | {predicted[i]:.3f} | {lo:.3f}–{hi:.3f} | {descent['uniform'][i]:.3f} | "
                      f"{descent['trainer'][i]:.3f} |")
     lines.append("")
-    lines += [f"- {k} (t = 1.2): fraction of |γ| below its global threshold {v:.3f}" for k, v in sorted(trained.items())]
+    for kind in (*POLARIZED, "pol_lam7e-4_authors"):
+        values = [v for k, v in trained.items() if k.startswith(f"train/{kind}/")]
+        lines.append(f"- {named(kind)} (t = 1.2): fraction of |γ| below its global threshold {mean_std(values)}")
     return lines
 
 
