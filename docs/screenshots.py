@@ -42,11 +42,21 @@ def main() -> int:
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--keep", action="store_true", help="keep the search's temporary folder")
     p.add_argument("--mlflow-only", type=Path, metavar="FOLDER",
-                   help="no search: the MLflow shots of the kept folder of an earlier run (its mlflow.db)")
+                   help="no search: the MLflow shots of the kept folder of an earlier run (its mlflow.db; "
+                        "its first search is shown)")
+    p.add_argument("--ray-only", metavar="URL",
+                   help="no search: the Ray dashboard shots of a search running now (the address it printed)")
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.ray_only:
+        with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+            context = pw.chromium.launch_persistent_context(profile, executable_path=args.chromium,
+                                                            args=CHROMIUM_ARGS, viewport=VIEWPORT)  # fmt: skip
+            _ray_shots(context, args.ray_only, args.out)
+            context.close()
+        return 0
     if args.mlflow_only:
         store = f"sqlite:///{args.mlflow_only.resolve() / 'mlflow.db'}"
         with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile, _mlflow_ui(store, args.mlflow_only) as url:
@@ -110,8 +120,9 @@ def _mlflow_shots(context, url: str, store: str, out: Path) -> None:
     experiment = client.get_experiment_by_name("polarsearch").experiment_id
     runs = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
     parent = next(r for r in runs if r.data.tags.get("polarsearch.kind") == "search")
-    trials = [r for r in runs if r.data.tags.get("polarsearch.kind") == "trial"]
-    final = [r for r in runs if r.data.tags.get("polarsearch.kind") == "final"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    trials = [r for r in children if r.data.tags.get("polarsearch.kind") == "trial"]
+    final = [r for r in children if r.data.tags.get("polarsearch.kind") == "final"]
     ml = "workflowType=machine_learning"
     base = f"{url}/#/experiments/{experiment}"
     run = f"{base}/runs/{parent.info.run_id}"

@@ -195,3 +195,19 @@ def test_no_result_says_why(store):
     run = MlflowClient(store).get_run(parent)
     assert run.info.status == "FAILED" and run.data.tags[views.VERDICT] == "no_result"
     assert "no trial ended with a stable F (1 decided, 1 failed)" in run.data.tags[views.NOTE]
+
+
+def test_final_lines_state_the_measured_speed_up_beside_the_flops_promise(tmp_path):
+    from search.report import final_lines
+    from trainers.final import FinalResult
+
+    final = FinalResult(
+        acc_before_pruning=0.8, acc_after_pruning=0.3, acc_after_finetune=0.75, flops_before=1000, flops_after=400,
+        flops_reduction=0.6, params_before=500, params_after=200, latency_ms_before={1: 2.0, 500: 9.0},
+        latency_ms_after={1: 1.6, 500: 4.0}, threshold=0.2, model_path=tmp_path / "m.pt2", pruned_model=None,
+        example_input=None,
+    )  # fmt: skip
+    text = "\n".join(final_lines(final))
+    # 2.0 / 1.6 = 1.25 and 9.0 / 4.0 = 2.25, against 1 / (1 - 0.6) = 2.5
+    assert "measured speed-up 1.25x at batch 1 (2 -> 1.6 ms), 2.25x at batch 500 (9 -> 4 ms)" in text
+    assert "FLOPs promise 2.50x" in text
