@@ -1,7 +1,7 @@
 """Are pruned models really faster? Measured speed-up over the ideal 1/(1 − F) (issue 12, §4.2).
 
     python bench/bench_speed.py --quick                       # make bench: F ≈ 0.5, 1 seed, 1 thread
-    python bench/bench_speed.py --fractions 0.3 0.5 0.7 --seeds 2 --threads 1 2 \\
+    python bench/bench_speed.py --fractions 0.1 0.3 0.5 0.7 --seeds 2 --threads 1 --runs 9 \\
         --json bench/results/speed.json                       # the table of docs/speed.md
 
 For each model and target F: γ as a polarized run leaves them (bench/speed_variants.py, one draw
@@ -9,8 +9,10 @@ per seed of which channels go), pruned by `pruning.surgery.prune`; beside it the
 network of equal FLOPs and Torch-Pruning's coupled pruning of the same γ (when installed). Every
 network is timed as it is deployed (eval mode, BN folded) on random tensors, dense and variants
 interleaved (D O U T D O U T ...) so that a busy machine slows all alike, timed by this process's
-CPU time on a CPU (other processes barely touch it); medians over runs, then over seeds. Printed: speed-up = dense ms / variant ms, and ratio = speed-up × (1 − F),
-which is 1 when time falls with FLOPs. Batch 1 and a throughput batch (64 at 32², 8 at 224²).
+CPU time on a CPU (other processes barely touch it). Speed-up: dense ms / variant ms within each
+round, the median over rounds (a load that changes between rounds cancels), then over seeds;
+ratio = speed-up × (1 − F), which is 1 when time falls with FLOPs. Batch 1 and a throughput batch
+(64 at 32², 8 at 224²), `--runs` rounds each.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ VARIANTS = ("ours", "uniform", "torch_pruning")
 
 
 @torch.inference_mode()
-def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: int, clock: str = "cpu",
-                   warmup: int = 2) -> dict[str, float]:  # fmt: skip
-    """Median milliseconds of each model on `x`, the models run in turn within each round.
+def interleaved_times(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: int, clock: str = "cpu",
+                      warmup: int = 2) -> dict[str, list[float]]:  # fmt: skip
+    """Milliseconds of each model on `x` in each round, the models run in turn within a round.
 
     `clock` "cpu": this process's CPU time, which other processes on a shared machine barely touch
     (the latency with 1 thread; with more, the work of all of them); "wall": elapsed time (a GPU)."""
@@ -52,8 +54,16 @@ def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: in
             if x.is_cuda:
                 torch.cuda.synchronize()
             if i >= warmup:
-                times[name].append(now() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+                times[name].append(1000 * (now() - start))
+    return times
+
+
+def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: int, clock: str = "cpu",
+                   warmup: int = 2) -> dict[str, float]:  # fmt: skip
+    """Median milliseconds of each model on `x` (see `interleaved_times`)."""
+    return {
+        name: statistics.median(t) for name, t in interleaved_times(models, x, runs, clock, warmup).items()
+    }
 
 
 def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int], runs: int,
@@ -82,8 +92,14 @@ def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int
                 torch.set_num_threads(n_threads)
                 for batch in batches:
                     x = torch.randn(batch, *shape, device=device)
-                    ms = interleaved_ms(timed, x, runs if batch == 1 else max(3, runs // 2), clock)
+                    rounds = interleaved_times(timed, x, runs, clock)
+                    ms = {k: statistics.median(t) for k, t in rounds.items()}
+                    # dense / variant within each round, then the median: a load that changes
+                    # between rounds slows both networks of a round alike
+                    speedup = {k: statistics.median(d / v for d, v in zip(rounds["dense"], t, strict=True))
+                               for k, t in rounds.items() if k != "dense"}  # fmt: skip
                     per_seed.append({"threads": n_threads, "batch": batch, "seed": seed, "ms": ms, "F": f_of,
+                                     "speedup": speedup,
                                      "skipped": {k: v for k, v in variants.items() if isinstance(v, str)}})  # fmt: skip
         for n_threads in threads:
             for batch in batches:
@@ -102,7 +118,7 @@ def _summarize(name: str, target: float, threads: int, batch: int, runs: list[di
         if not have:
             row[variant] = {"skipped": runs[0]["skipped"].get(variant, "n/a")}
             continue
-        speedups = [r["ms"]["dense"] / r["ms"][variant] for r in have]
+        speedups = [r["speedup"][variant] for r in have]
         ideals = [1 / (1 - r["F"][variant]) for r in have]
         row[variant] = {
             "F": statistics.median(r["F"][variant] for r in have),
@@ -196,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**env, "clock": clock, "args": sys.argv[1:], "rows": rows}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({**env, "clock": clock, "args": sys.argv[1:], "rows": rows}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":
