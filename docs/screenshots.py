@@ -108,6 +108,13 @@ def _ray_shots(context, dashboard: str, out: Path) -> None:
         page.goto(f"{dashboard}/{route}")
         page.wait_for_timeout(6000)
         _shot(page, out / f"{name}.png")
+    _click(page.get_by_text("Log", exact=True).first)  # the running trial's actor log: its epoch lines
+    page.wait_for_timeout(4000)
+    _click(page.get_by_role("tab", name="STDOUT"))
+    page.wait_for_timeout(4000)
+    page.mouse.wheel(0, 600)  # from the actor's facts down to its log
+    page.wait_for_timeout(1000)
+    _shot(page, out / "ray-actor-log.png")
     page.close()
 
 
@@ -149,7 +156,7 @@ def _mlflow_shots(context, url: str, store: str, out: Path) -> None:
         page.wait_for_timeout(8000)
         _click(page.get_by_role("button", name="Close"))  # the MLflow Assistant's panel
         if do.get("expand"):
-            _click(page.locator(".ag-row button").first)  # the search's trials under it
+            _click(page.locator(".ag-row", has_text=parent.info.run_name).locator("button").first)  # its trials
             _widen(page, "Run Name", 220)
         if do.get("click"):
             _click(page.get_by_text(do["click"], exact=True).first)

@@ -29,8 +29,8 @@ from search.views import NUMBER, VERDICT, WINNER, Target
 
 FORMATS = ("table", "csv", "json", "markdown")
 TRIAL_COLUMNS = ("winner", "trial", "lam", "t", "flops_reduction", "gap", "epochs", "val_accuracy", "status", "run_id")
-SEARCH_COLUMNS = ("search", "started", "status", "verdict", "target", "delta", "trials", "best_lam", "best_t",
-                  "best_flops_reduction", "run_id")  # fmt: skip
+SEARCH_COLUMNS = ("search", "started", "status", "verdict", "strategy", "target", "delta", "trials", "trial_epochs",
+                  "best_lam", "best_t", "best_flops_reduction", "run_id")  # fmt: skip
 
 
 class CompareError(ValueError):
@@ -78,7 +78,8 @@ def trials(uri: str, experiment: str, search: str | None = None) -> tuple[list[d
 
 
 def searches(uri: str, experiment: str) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-    """One row per search of `experiment`, newest first: its verdict, winner and number of trials."""
+    """One row per search of `experiment`, newest first: its verdict, winner, number of trials and
+    trial-epochs (what the search cost: the epochs its trials trained, summed)."""
     client, experiment_id = _open(uri, experiment)
     parents = client.search_runs([experiment_id], f"tags.`{KIND}` = 'search'", order_by=["attributes.start_time DESC"],
                                  max_results=1000)  # fmt: skip
@@ -90,7 +91,8 @@ def searches(uri: str, experiment: str) -> tuple[list[dict[str, Any]], tuple[str
         rows.append({
             "search": run.info.run_name, "started": _time(run.info.start_time), "status": run.data.tags.get("status", ""),
             "verdict": run.data.tags.get(VERDICT, ""), "target": _float(params.get("target")),
-            "delta": _float(params.get("delta")), "trials": len(count), "best_lam": metrics.get("best_lam"),
+            "strategy": params.get("strategy", ""), "delta": _float(params.get("delta")), "trials": len(count),
+            "trial_epochs": int(sum(r.data.metrics.get("epochs", 0) for r in count)), "best_lam": metrics.get("best_lam"),
             "best_t": metrics.get("best_t"), "best_flops_reduction": metrics.get("best_flops_reduction"),
             "run_id": run.info.run_id,
         })  # fmt: skip

@@ -13,7 +13,7 @@ from search.cli import main
 from search.strategies import Trial
 from search.tracking import SearchTracker
 
-PARAMS = {"target": 0.5, "delta": 0.05, "max_epochs": 3}
+PARAMS = {"target": 0.5, "delta": 0.05, "max_epochs": 3, "strategy": "secant"}
 
 
 def _search(store, name, trials, best):
@@ -24,7 +24,7 @@ def _search(store, name, trials, best):
         result = {"trial": number, "lam": lam, "t": t, "epoch": 1, "flops_reduction": f, "threshold": 0.1,
                   "val_accuracy": 0.4, "loss": 1.0, "status": "running"}  # fmt: skip
         tracker.log_epoch(f"{name}-{number}", result)
-        tracker.end_trial(f"{name}-{number}", {**result, "status": status, "message": ""})
+        tracker.end_trial(f"{name}-{number}", {**result, "epoch": number + 1, "status": status, "message": ""})
     lam, t, f, _ = trials[best]
     tracker.end_search("converged", "inside the band", Trial(best, lam, t, f, "ok"))
 
@@ -52,7 +52,7 @@ def test_json_lists_the_newest_search_with_its_winner(store, capsys):
         (1, 1e-2, 1.2, "stable"), (2, 5e-3, 1.2, "stable"), (3, 2.5e-3, 1.1, "decided")]
     assert [r["winner"] for r in rows] == ["", "*", ""]
     assert [round(r["gap"], 3) for r in rows] == [0.12, 0.02, 0.2]
-    assert rows[1]["flops_reduction"] == pytest.approx(0.48) and rows[1]["epochs"] == 1
+    assert rows[1]["flops_reduction"] == pytest.approx(0.48) and [r["epochs"] for r in rows] == [2, 3, 4]
 
 
 def test_csv_markdown_and_table_carry_the_same_rows(store, capsys):
@@ -77,6 +77,8 @@ def test_a_named_search_and_one_row_per_search(store, capsys):
     assert [(s["search"], s["trials"], s["verdict"]) for s in searches] == [("search-new", 3, "hit"),
                                                                             ("search-old", 1, "missed")]  # fmt: skip
     assert searches[0]["best_flops_reduction"] == pytest.approx(0.48) and searches[0]["target"] == 0.5
+    # what each search cost: its trials' epochs summed (2 + 3 + 4 and 2), under its strategy
+    assert [(s["trial_epochs"], s["strategy"]) for s in searches] == [(9, "secant"), (2, "secant")]
 
 
 def test_missing_store_or_experiment_is_one_line(store, tmp_path, capsys):
