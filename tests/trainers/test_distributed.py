@@ -247,6 +247,8 @@ def test_resnet20_two_gloo_workers_equal_one_worker_in_float64(local_ray, tmp_pa
     once per replica, i.e. its gradient summed, not averaged (3.9e-3).
     float32: the first step only, within FLOAT32_FIRST_STEP_ATOL = 1e-6; measured 1.2e-7 (a running
     variance), γ 6.0e-8 - one ulp at 0.5. This is the check of the float32 casts in GlobalBatchNorm.
+    (No ReLU unit flips in that step here - see below; with other data or kernels one could, and
+    this check would then fail for no fault of the code.)
 
     Why not float32 for longer: 2 workers add the same numbers as 1 in another order (half-batch
     gradients all-reduced, BN sums of partial sums), a rounding difference of ~1e-7, and ResNet-20's
