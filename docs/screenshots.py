@@ -46,10 +46,20 @@ def main() -> int:
                         "its first search is shown)")
     p.add_argument("--ray-only", metavar="URL",
                    help="no search: the Ray dashboard shots of a search running now (the address it printed)")
+    p.add_argument("--optuna-only", type=Path, metavar="DB",
+                   help="no search: Optuna Dashboard's shots of an optuna search's study (its optuna.db)")
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.optuna_only:
+        with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile, _server(
+                ["optuna-dashboard", f"sqlite:///{args.optuna_only.resolve()}"], "/", args.optuna_only.parent) as url:
+            context = pw.chromium.launch_persistent_context(profile, executable_path=args.chromium,
+                                                            args=CHROMIUM_ARGS, viewport=VIEWPORT)  # fmt: skip
+            _optuna_shots(context, url, args.out)
+            context.close()
+        return 0
     if args.ray_only:
         with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
             context = pw.chromium.launch_persistent_context(profile, executable_path=args.chromium,
@@ -198,31 +208,32 @@ def _shot(page, path: Path, full: bool = False) -> None:
     image.save(path, optimize=True)
 
 
-class _mlflow_ui:
-    """`mlflow ui` on a free loopback port over `store`, for as long as the block runs."""
+class _server:
+    """A web UI (`command` + host/port flags) on a free loopback port, for as long as the block runs;
+    `health` is the path polled until it answers."""
 
-    def __init__(self, store: str, work: Path) -> None:
-        self.store, self.work = store, work
+    def __init__(self, command: list[str], health: str, work: Path) -> None:
+        self.command, self.health, self.work = command, health, work
 
     def __enter__(self) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        # its own session, so that its server workers stop with it; no job runner (nothing to run)
+        # its own session, so that its server workers stop with it; MLflow: no job runner (nothing to run)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", self.store, "--host", "127.0.0.1",
-                                      "--port", str(port), "--workers", "1"], cwd=self.work, env=env,
+        self.proc = subprocess.Popen([str(BIN / self.command[0]), *self.command[1:], "--host", "127.0.0.1",
+                                      "--port", str(port)], cwd=self.work, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 600  # minutes on a loaded machine
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                urllib.request.urlopen(f"{url}/health", timeout=5)
+                urllib.request.urlopen(f"{url}{self.health}", timeout=5)
                 return url
             except OSError:
                 time.sleep(2)
         self.__exit__()
-        raise RuntimeError("mlflow ui did not answer")
+        raise RuntimeError(f"{self.command[0]} did not answer")
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -230,6 +241,20 @@ class _mlflow_ui:
         except ProcessLookupError:
             return
         self.proc.wait(timeout=60)
+
+
+def _mlflow_ui(store: str, work: Path) -> _server:
+    """`mlflow ui` over `store`."""
+    return _server(["mlflow", "ui", "--backend-store-uri", store, "--workers", "1"], "/health", work)
+
+
+def _optuna_shots(context, url: str, out: Path) -> None:
+    """The study's page: its history plot and the intermediate values (|F − F*| per epoch of each trial)."""
+    page = context.new_page()
+    page.goto(f"{url}/dashboard/studies/1")
+    page.wait_for_timeout(8000)
+    _shot(page, out / "optuna-study.png", full=True)
+    page.close()
 
 
 def _pump(proc: subprocess.Popen, lines: queue.Queue, console: list[str]) -> None:
