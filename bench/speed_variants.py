@@ -16,7 +16,7 @@ from torch import nn
 
 from pruning.channels import analyse, trace
 from pruning.flops import count_flops
-from pruning.fold import fold_bn
+from pruning.fold import for_inference
 from pruning.layers import PRUNED_LAYERS
 from pruning.surgery import masked, prune
 
@@ -62,7 +62,9 @@ def _bisect(make: Callable[[float], nn.Module], dense: nn.Module, target: float,
     return best
 
 
-def polarized(dense: nn.Module, target: float, seed: int, shape: tuple[int, ...], steps: int = 6) -> nn.Module:
+def polarized(
+    dense: nn.Module, target: float, seed: int, shape: tuple[int, ...], steps: int = 6
+) -> nn.Module:
     """A copy of `dense` with γ as after polarization, a random share of each space near 0, F ≈ target."""
     spaces = spaces_of(dense)
 
@@ -132,5 +134,6 @@ def torch_pruning(model: nn.Module, shape: tuple[int, ...]) -> nn.Module | str:
 
 
 def deployed(model: nn.Module) -> nn.Module:
-    """The form every variant is timed in: eval mode, BN folded into its conv (as exported)."""
-    return fold_bn(model.eval())
+    """The form every variant is timed in, as the final job exports it: eval mode, BN folded into its
+    conv, no identity calls, residual additions as plain `index_add_` (`pruning.fold.for_inference`)."""
+    return for_inference(model.eval())

@@ -6,6 +6,12 @@ W' = W·s, b' = (b − μ)·s + β with s = γ/√(σ² + ε). On CPU a BN is a 
 ReLU; at the widths of a pruned CIFAR ResNet that is several per cent of the time
 (bench/bench_speed.py). The folded model computes the same function in eval mode only: it has no
 BN left to train.
+
+`for_inference` is the form a network is deployed and timed in (the final job's export and
+latency, bench/bench_speed.py), dense and pruned alike: BN folded, and the calls that cost Python
+time per op at batch 1 and compute nothing (identity shortcuts, dropout in eval mode) removed, and
+a pruned model's residual additions called as `index_add_` directly (`ChannelAdd` checks autograd
+on every call; an inference graph has none).
 """
 
 from __future__ import annotations
@@ -16,10 +22,39 @@ import torch
 from torch import fx, nn
 
 from pruning.channels import trace
-from pruning.layers import PRUNED_LAYERS
+from pruning.layers import PRUNED_LAYERS, ChannelAdd
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_NO_OPS_IN_EVAL = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+def for_inference(model: nn.Module) -> fx.GraphModule:
+    """`fold_bn(model)` without the calls that compute nothing in eval mode, and with `ChannelAdd`
+    as a plain `index_add_` (out of place where the surgery found the operand read again)."""
+    traced = fold_bn(model)
+    for node in list(traced.graph.nodes):
+        if node.op != "call_module":
+            continue
+        layer = traced.get_submodule(node.target)
+        if isinstance(layer, _NO_OPS_IN_EVAL) and len(node.args) == 1 and not node.kwargs:
+            node.replace_all_uses_with(node.args[0])
+            traced.graph.erase_node(node)
+        elif isinstance(layer, ChannelAdd):
+            name, n = node.target.replace(".", "_") + "_index", 0
+            while hasattr(traced, name):
+                name, n = f"{node.target.replace('.', '_')}_index_{n}", n + 1
+            traced.register_buffer(name, layer.index)
+            with traced.graph.inserting_before(node):
+                index = traced.graph.get_attr(name)
+                method = "index_add_" if layer.in_place else "index_add"
+                add = traced.graph.call_method(method, (node.args[0], 1, index, node.args[1]))
+            node.replace_all_uses_with(add)
+            traced.graph.erase_node(node)
+    traced.graph.lint()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced.eval().requires_grad_(False)  # in-place additions: not a graph to train
 
 
 def fold_bn(model: nn.Module) -> fx.GraphModule:

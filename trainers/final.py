@@ -7,8 +7,9 @@ the trials), take the threshold at the first valley of the γ histogram, cut the
 with `pruning.surgery.prune`, fine-tune the smaller network `finetune_epochs` epochs at
 `finetune_lr` without regularizer, and measure test accuracy before pruning, right after it and
 after fine-tuning, FLOPs and parameters before and after, and the median inference latency of
-both networks as deployed (eval mode, BN folded into its conv; batch 1 and eval_batch_size, on the
-training device, the two timed in turn) with the measured speed-up beside the ideal 1/(1 − F).
+both networks as deployed (`pruning.fold.for_inference`: eval mode, BN folded into its conv, no
+identity calls; batch 1 and eval_batch_size, on the training device, the two timed in turn) with
+the measured speed-up beside the ideal 1/(1 − F).
 
 Written to `output_dir`:
 - `pruned_model.pt2` - the fine-tuned pruned network as a `torch.export` program (CPU, eval mode
@@ -45,7 +46,7 @@ import torch
 from torch import nn
 
 from pruning.flops import count_flops
-from pruning.fold import fold_bn
+from pruning.fold import for_inference
 from pruning.prunable import prunable_bns
 from pruning.surgery import prune
 from trainers.config import Config
@@ -186,11 +187,12 @@ def run_final(config: Config, lam: float, t: float, output_dir: str | os.PathLik
 
 
 def deploy(model: nn.Module) -> nn.Module:
-    """`model` as it is exported: an eval-mode copy with BN folded into the conv before it (the same
-    function; on CPU a BN costs a pass over memory, bench/bench_speed.py), or a plain eval-mode copy
-    of a model torch.fx cannot trace."""
+    """`model` as it is exported: an eval-mode copy with BN folded into the conv before it and the
+    calls that compute nothing removed (`pruning.fold.for_inference`: the same function, 3-4 % less
+    time at batch 1 on CPU, bench/speed_forms.py), or a plain eval-mode copy of a model torch.fx
+    cannot trace."""
     try:
-        return fold_bn(model)
+        return for_inference(model)
     except ValueError:
         return copy.deepcopy(model).eval()
 

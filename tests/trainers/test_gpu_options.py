@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.fold import fold_bn
+from pruning.fold import for_inference
 from pruning.prunable import prunable_bns
 from pruning.surgery import masked, prune
 from trainers.models import build
@@ -61,7 +61,7 @@ def test_bf16_autocast_gives_the_masked_models_output(models):
 @pytest.mark.parametrize("fold", [False, True])
 def test_channels_last_gives_the_masked_models_output(models, fold):
     reference, pruned = models
-    fast = (fold_bn(pruned) if fold else copy.deepcopy(pruned)).to(memory_format=torch.channels_last)
+    fast = (for_inference(pruned) if fold else copy.deepcopy(pruned)).to(memory_format=torch.channels_last)
     x = torch.randn(4, *SHAPE)
     with torch.inference_mode():  # the stream's additions run in place here
         want, got = reference(x), fast(x.contiguous(memory_format=torch.channels_last))
@@ -71,7 +71,7 @@ def test_channels_last_gives_the_masked_models_output(models, fold):
 @pytest.mark.slow
 def test_compiled_pruned_model_gives_the_masked_models_output(models):
     reference, pruned = models
-    compiled = torch.compile(fold_bn(pruned))
+    compiled = torch.compile(for_inference(pruned))
     x = torch.randn(4, *SHAPE)
     with torch.no_grad():
         want, got = reference(x), compiled(x)
