@@ -191,7 +191,7 @@ class SearchTracker:
     # -- the final job ------------------------------------------------------------------------
     def log_final(self, final: Any, lam: float, t: float) -> str:
         """A nested run with the final job's FinalResult and its pruned model; returns the run id."""
-        run = self.client.create_run(self.experiment_id, run_name="final",
+        run = self.client.create_run(self.experiment_id, run_name=views.final_name(lam, t, final),
                                      tags={KIND: "final", "mlflow.parentRunId": self._parent()})
         run_id = run.info.run_id
         self.client.log_batch(

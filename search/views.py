@@ -73,6 +73,11 @@ def trial_name(number: int, lam: float, t: float, flops: float | None = None, st
     return f"{name} (decided)" if status == "decided" else name
 
 
+def final_name(lam: float, t: float, final: Any) -> str:
+    """`final λ=3.8e-4 t=1.2 F=0.283 acc 0.621`: the final job's run, read in the table like a trial's."""
+    return f"final λ={short_float(lam)} t={t:.3g} F={final.flops_reduction:.3f} acc {final.acc_after_finetune:.3f}"
+
+
 def short_float(value: float) -> str:
     """λ in as few characters as it needs: 5e-4, 2.5e-3, 0.02 (two significant digits)."""
     if value == 0 or 1e-2 <= abs(value) < 1e3:

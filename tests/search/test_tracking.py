@@ -113,6 +113,7 @@ def test_final_run_logs_numbers_and_a_model_that_loads_without_our_code(store, t
     run = MlflowClient(store).get_run(run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
     assert run.data.params == {"lam": "0.02", "t": "1.2"}
+    assert run.info.run_name == "final λ=0.02 t=1.2 F=0.600 acc 0.750"  # read in the table like a trial
     assert run.data.metrics["acc_after_finetune"] == 0.75 and run.data.metrics["flops_after"] == 400
     assert run.data.metrics["latency_ms_after_b500"] == 4.0 and run.data.metrics["latency_ms_before_b1"] == 2.0
 
