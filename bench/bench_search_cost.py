@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from search import strategies  # noqa: E402
 from search.settings import SearchSettings  # noqa: E402
-from search.strategies.early import RiseBounds  # noqa: E402
+from search.strategies.early import CPU_QUICK, RiseBounds  # noqa: E402
 from search.strategies.replay import replay  # noqa: E402
 from trainers.config import load_config, preset_section  # noqa: E402
 from trainers.trial import is_stable  # noqa: E402
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--bounds", action="store_true", help="print the early-decision bounds of the recorded trials")
     args = parser.parse_args()
     if args.bounds:
-        print(RiseBounds.measure([r["f_per_epoch"] for r in recorded_rows()], 30, margin=0.05))
+        print(RiseBounds.measure([r["f_per_epoch"] for r in recorded_rows()], 30, margin=CPU_QUICK.margin))
         return
     record = run(3 if args.quick else args.seeds, args.max_trials)
     print(f"{record['rows_recorded']} recorded trials, seed-to-seed σ = {record['sigma']:.3f}")
