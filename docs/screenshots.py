@@ -55,23 +55,20 @@ def main() -> int:
     if args.optuna_only:
         with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile, _server(
                 ["optuna-dashboard", f"sqlite:///{args.optuna_only.resolve()}"], "/", args.optuna_only.parent) as url:
-            context = pw.chromium.launch_persistent_context(profile, executable_path=args.chromium,
-                                                            args=CHROMIUM_ARGS, viewport=VIEWPORT)  # fmt: skip
+            context = _browser(pw, profile, args.chromium)
             _optuna_shots(context, url, args.out)
             context.close()
         return 0
     if args.ray_only:
         with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-            context = pw.chromium.launch_persistent_context(profile, executable_path=args.chromium,
-                                                            args=CHROMIUM_ARGS, viewport=VIEWPORT)  # fmt: skip
+            context = _browser(pw, profile, args.chromium)
             _ray_shots(context, args.ray_only, args.out)
             context.close()
         return 0
     if args.mlflow_only:
         store = f"sqlite:///{args.mlflow_only.resolve() / 'mlflow.db'}"
         with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile, _mlflow_ui(store, args.mlflow_only) as url:
-            context = pw.chromium.launch_persistent_context(profile, executable_path=args.chromium,
-                                                            args=CHROMIUM_ARGS, viewport=VIEWPORT)  # fmt: skip
+            context = _browser(pw, profile, args.chromium)
             _mlflow_shots(context, url, store, args.out)
             context.close()
         return 0
@@ -88,8 +85,7 @@ def main() -> int:
     try:
         with sync_playwright() as pw:
             profile = work / "chromium-profile"  # a fresh profile: no cookies or cache from earlier runs
-            context = pw.chromium.launch_persistent_context(str(profile), executable_path=args.chromium,
-                                                            args=CHROMIUM_ARGS, viewport=VIEWPORT)  # fmt: skip
+            context = _browser(pw, profile, args.chromium)
             dashboard = _wait_for(lines, r"Ray dashboard: (http://\S+)", 600).group(1)
             _wait_for(lines, r"^trial 2 epoch 1", 900)  # a trial that runs, the first one done
             _ray_shots(context, dashboard, args.out)
@@ -107,6 +103,12 @@ def main() -> int:
     for shot in sorted(args.out.glob("*.png")):
         print(f"{shot}  {shot.stat().st_size // 1024} KB")
     return 0
+
+
+def _browser(pw, profile: str | Path, chromium: str):
+    """Debian's chromium, headless, in its own profile folder (no cookies or cache from earlier runs)."""
+    return pw.chromium.launch_persistent_context(str(profile), executable_path=chromium, args=CHROMIUM_ARGS,
+                                                 viewport=VIEWPORT)  # fmt: skip
 
 
 def _ray_shots(context, dashboard: str, out: Path) -> None:

@@ -65,7 +65,7 @@ class Target:
 def trial_name(number: int, lam: float, t: float, flops: float | None = None, status: str = "") -> str:
     """`#3 λ=5e-4 t=0.9 F=0.340`: the three numbers a trial is known by, short enough for the runs
     table's name column."""
-    name = f"#{number} λ={short_float(lam)} t={t:.3g}"
+    name = f"#{number} {point(lam, t)}"
     if status == "failed" or (flops is not None and not math.isfinite(flops)):
         return f"{name} failed"
     if flops is not None:
@@ -75,7 +75,12 @@ def trial_name(number: int, lam: float, t: float, flops: float | None = None, st
 
 def final_name(lam: float, t: float, final: Any) -> str:
     """`final λ=3.8e-4 t=1.2 F=0.283 acc 0.621`: the final job's run, read in the table like a trial's."""
-    return f"final λ={short_float(lam)} t={t:.3g} F={final.flops_reduction:.3f} acc {final.acc_after_finetune:.3f}"
+    return f"final {point(lam, t)} F={final.flops_reduction:.3f} acc {final.acc_after_finetune:.3f}"
+
+
+def point(lam: float, t: float) -> str:
+    """`λ=5e-4 t=0.9`: a (λ, t) as run names write it."""
+    return f"λ={short_float(lam)} t={t:.3g}"
 
 
 def short_float(value: float) -> str:

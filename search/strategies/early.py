@@ -79,9 +79,10 @@ class Decision:
 
 
 # Measured: `python bench/bench_search_cost.py --bounds` on experiments/results/px16.json and px16-surface.json
-# (55 cpu-quick trials with λ > 0, 30-epoch budget: px16's 19 and the whole 36-point surface). margin 0.07 ≈ 5 σ of the seed-to-seed spread of the
-# stable F (σ = 0.014): the smallest margin with no wrong decision when each trajectory is left out of the
-# bounds it is judged by (0.042 on 19 trials, 0.05 on 31 made wrong ones as the surface grew; 0.07 still makes none on 55).
+# (55 cpu-quick trials with λ > 0, 30-epoch budget: px16's 19 and the whole 36-point surface). margin 0.07 ≈ 3 σ
+# of the seed-to-seed spread of the stable F (σ = 0.022 on the 55; 0.014 on the 46 it was chosen on): the
+# smallest margin with no wrong decision when each trajectory is left out of the bounds it is judged by
+# (0.042 on 19 trials, 0.05 on 31 made wrong ones as the surface grew; 0.07 still makes none on 55).
 CPU_QUICK = RiseBounds(
     fractions=(0.0333, 0.0667, 0.1, 0.1333, 0.1667, 0.2, 0.2333, 0.2667, 0.3, 0.3333, 0.3667, 0.4, 0.4333,
                0.4667, 0.5, 0.5333, 0.5667, 0.6, 0.6333, 0.6667, 0.7, 0.7333, 0.7667, 0.8, 0.8333, 0.8667,
