@@ -69,7 +69,8 @@ def test_data_parallel_trials_in_a_search(cifar10_dir, tmp_path, monkeypatch, ca
     killer.start()
     argv = ["--target-flops", "0.5", "--delta", "0.01", "--preset", "smoke", "--data-dir", str(cifar10_dir),
             "--max-trials", "2", "--workers-per-trial", "2", "--skip-final", "--output", "out",
-            "--experiment", "ddp", "--no-early-decisions"]  # the killed trial must not end early first  # fmt: skip
+            "--experiment", "ddp", "--no-early-decisions",  # the killed trial must not end early first
+            "--epochs", "6", "--min-epochs", "6", "--max-epochs", "6"]  # nor be stable before the kill  # fmt: skip
     code = main(argv)
     out, err = capsys.readouterr()
     killer.join(timeout=1)
