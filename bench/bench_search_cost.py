@@ -9,6 +9,11 @@ trajectory). It stops where a real trial would (trainers.trial.is_stable with cp
     python bench/bench_search_cost.py                       # the full table -> bench/results/search-cost.json
     python bench/bench_search_cost.py --quick               # fewer noise seeds (make bench)
     python bench/bench_search_cost.py --bounds              # the early-decision bounds from px16.json
+
+Beside early decisions off and on, each strategy runs with *foresight*: a rule no real search can
+have, which knows each trial's stable F and decides at epoch 2 every trial that lands outside the
+window asked about, telling the strategy that stable F. It bounds what any early-decision rule
+can save on this surface.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from search import strategies  # noqa: E402
 from search.settings import SearchSettings  # noqa: E402
-from search.strategies.early import CPU_QUICK, RiseBounds  # noqa: E402
+from search.strategies.early import ABOVE, BELOW, CPU_QUICK, Decision, RiseBounds  # noqa: E402
 from search.strategies.replay import replay  # noqa: E402
 from trainers.config import load_config, preset_section  # noqa: E402
 from trainers.trial import is_stable  # noqa: E402
@@ -40,6 +45,8 @@ DELTAS = (0.05, 0.03)
 # (label, strategy, parallel)
 STRATEGIES = (("algorithm1", "algorithm1", 1), ("kary k=2", "kary", 2), ("kary k=4", "kary", 4),
               ("secant", "secant", 1), ("optuna", "optuna", 1))  # fmt: skip
+FORESIGHT = "foresight"
+RULES = (False, True, FORESIGHT)  # early decisions off, on (search.strategies.early), with foresight
 
 
 def recorded_rows() -> list[dict]:
@@ -83,7 +90,24 @@ class Surface:
             mean = [sum(w * fs[k] for w, (_, fs) in zip(weights, dist, strict=True)) / sum(weights)
                     for k in range(len(dist[0][1]))]  # fmt: skip
         offset, final = self.rng.gauss(0.0, self.sigma), max(mean[-1], 1e-9)
-        return [min(1.0, max(0.0, f + offset * f / final)) for f in mean]
+        self.last = [min(1.0, max(0.0, f + offset * f / final)) for f in mean]
+        return self.last
+
+
+def foresight(surface: Surface, stable, min_epochs: int = 2):
+    """The rule that knows the stable F of the trial replayed now (`surface.last`): at `min_epochs`
+    it decides every trial whose stable F is outside the window, with that F as its forecast."""
+
+    def rule(window, fs, max_epochs):
+        if len(fs) != min_epochs:
+            return None
+        full = surface.last[:max_epochs]
+        final = next((full[k - 1] for k in range(1, len(full) + 1) if stable(full[:k])), full[-1])
+        if window[0] <= final <= window[1]:
+            return None
+        return Decision(ABOVE if final > window[1] else BELOW, len(fs), fs[-1], final, final, final)
+
+    return rule
 
 
 def run(seeds: int, max_trials: int) -> dict:
@@ -97,14 +121,15 @@ def run(seeds: int, max_trials: int) -> dict:
 
     results = []
     for label, name, parallel in STRATEGIES:
-        for early in (False, True):
+        for early in RULES:
             for delta in DELTAS:
                 for target in TARGETS:
                     for seed in range(seeds):
                         settings = SearchSettings(**search, target=target, delta=delta, strategy=name,
-                                                  parallel=parallel, seed=seed, early_decisions=early)  # fmt: skip
+                                                  parallel=parallel, seed=seed, early_decisions=bool(early))  # fmt: skip
                         surface = Surface(rows, config.max_epochs, sigma, seed=1000 * seed + int(100 * target))
-                        cost = replay(strategies.build(settings), surface, stable, config.max_epochs)
+                        rule = foresight(surface, stable) if early == FORESIGHT else None
+                        cost = replay(strategies.build(settings), surface, stable, config.max_epochs, rule=rule)
                         results.append({"strategy": label, "early": early, "delta": delta, "target": target,
                                         "seed": seed, "trials": cost.trials, "epochs": cost.epochs,
                                         "rounds": cost.rounds, "converged": cost.converged,
@@ -126,10 +151,13 @@ def table(record: dict) -> str:
                   "| hit rate | trial-epochs vs Algorithm 1 without |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         for label, _, _ in STRATEGIES:
-            for early in (False, True):
+            for early in RULES:
                 rs = groups[(label, early, delta)]
+                if not rs:
+                    continue
                 epochs = statistics.median(r["epochs"] for r in rs)
-                lines.append(f"| {label} | {'on' if early else 'off'} | {statistics.median(r['trials'] for r in rs):g} "
+                shown = {False: "off", True: "on", FORESIGHT: "foresight (bound)"}[early]
+                lines.append(f"| {label} | {shown} | {statistics.median(r['trials'] for r in rs):g} "
                              f"| {statistics.median(r['rounds'] for r in rs):g} | {epochs:g} "
                              f"| {sum(r['converged'] for r in rs) / len(rs):.2f} | {epochs / base:.2f} |")  # fmt: skip
     return "\n".join(lines)
@@ -157,13 +185,6 @@ def main() -> None:
         out = ROOT / "bench" / "results" / "search-cost.json"
         out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"written: {out}")
-
-
-def _by_point(rows: list[dict]) -> dict:
-    groups = defaultdict(list)
-    for r in rows:
-        groups[(r["lam"], r["t"])].append(r["flops_reduction"])
-    return groups
 
 
 if __name__ == "__main__":

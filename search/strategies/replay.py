@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from search.strategies.base import WAIT, Strategy
-from search.strategies.early import CPU_QUICK, RiseBounds, decide
+from search.strategies.early import CPU_QUICK, Decision, RiseBounds, Window, decide
 
 Trajectory = Callable[[float, float], Sequence[float]]
+Rule = Callable[[Window, Sequence[float], int], Decision | None]
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,10 @@ class Cost:
 
 
 def replay(strategy: Strategy, trajectory: Trajectory, stable: Callable[[Sequence[float]], bool],
-           max_epochs: int, bounds: RiseBounds = CPU_QUICK) -> Cost:  # fmt: skip
-    """Run `strategy` to its end on `trajectory`; a trial decides early where `strategy.window` asks."""
+           max_epochs: int, bounds: RiseBounds = CPU_QUICK, rule: Rule | None = None) -> Cost:  # fmt: skip
+    """Run `strategy` to its end on `trajectory`; a trial decides early where `strategy.window` asks,
+    by `rule(window, F per epoch so far, max_epochs)` (default: `decide` with `bounds`)."""
+    rule = rule or (lambda window, fs, n: decide(window, fs, n, bounds))
     epochs = rounds = decided = 0
     proposals: list[tuple[float, float]] = []
     while True:
@@ -49,7 +52,7 @@ def replay(strategy: Strategy, trajectory: Trajectory, stable: Callable[[Sequenc
             proposals.append(p.point)
             fs = list(trajectory(p.lam, p.t))[:max_epochs]
             for k in range(1, len(fs) + 1):
-                decision = decide(window, fs[:k], max_epochs, bounds) if window is not None else None
+                decision = rule(window, fs[:k], max_epochs) if window is not None else None
                 if decision is not None:
                     epochs, decided = epochs + k, decided + 1
                     strategy.tell(p, decision.forecast, decided=decision.side)

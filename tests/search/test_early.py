@@ -11,7 +11,7 @@ import pytest
 
 from search import strategies
 from search.settings import SearchSettings
-from search.strategies.early import ABOVE, BELOW, CPU_QUICK, RiseBounds, decide
+from search.strategies.early import ABOVE, BELOW, CPU_QUICK, Decision, RiseBounds, decide
 from search.strategies.replay import replay
 
 RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
@@ -103,3 +103,31 @@ def test_a_decided_trial_is_never_the_winner():
     assert algo.best.id == q.id
     off = strategies.build(SearchSettings(target=0.5, delta=0.05, early_decisions=False))
     assert off.window(off.ask()) is None
+
+
+def test_replay_counts_what_its_rule_decides():
+    """A rule that never decides costs what no rule costs; one that decides at epoch 2 every trial
+    outside its window costs 2 epochs for each of those and the stable length for the others."""
+    settings = dict(target=0.3, delta=0.05, strategy="algorithm1", lam_high=2e-3)
+    off = replay(strategies.build(SearchSettings(**settings, early_decisions=False)), monotone_trajectory,
+                 stable_rule, 30)  # fmt: skip
+    never = replay(strategies.build(SearchSettings(**settings)), monotone_trajectory, stable_rule, 30,
+                   rule=lambda window, fs, n: None)  # fmt: skip
+    assert (never.proposals, never.epochs, never.decided) == (off.proposals, off.epochs, 0)
+
+    def at_two(window, fs, n):
+        final = monotone_trajectory(*current)[-1]
+        if len(fs) == 2 and not window[0] <= final <= window[1]:
+            return Decision(ABOVE if final > window[1] else BELOW, 2, fs[-1], final, final, final)
+        return None
+
+    current: list[float] = []
+
+    def trajectory(lam, t):
+        current[:] = [lam, t]
+        return monotone_trajectory(lam, t)
+
+    cost = replay(strategies.build(SearchSettings(**settings)), trajectory, stable_rule, 30, rule=at_two)
+    assert cost.proposals == off.proposals and cost.decided >= 1  # the same sides, so the same proposals
+    undecided = len(cost.proposals) - cost.decided
+    assert cost.epochs == 2 * cost.decided + 20 * undecided  # the monotone trials are stable at epoch 20
