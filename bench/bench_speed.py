@@ -3,6 +3,7 @@
     python bench/bench_speed.py --quick                       # make bench: F ≈ 0.5, 1 seed, 1 thread
     python bench/bench_speed.py --fractions 0.1 0.3 0.5 0.7 --seeds 2 --threads 1 --runs 9 \\
         --json bench/results/speed.json                       # the table of docs/speed.md
+    python bench/bench_speed.py --prunable-set authors ...    # γ near 0 only in the authors' BNs
 
 For each model and target F: γ as a polarized run leaves them (bench/speed_variants.py, one draw
 per seed of which channels go), pruned by `pruning.surgery.prune`; beside it the uniform-width
@@ -67,7 +68,7 @@ def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: in
 
 
 def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int], runs: int,
-                device: torch.device, clock: str) -> list[dict]:  # fmt: skip
+                device: torch.device, clock: str, prunable_set: str = "all") -> list[dict]:  # fmt: skip
     side = input_size(name)
     shape = (3, side, side)
     batches = [1, 64 if side <= 64 else 8]
@@ -76,7 +77,7 @@ def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int
     for target in fractions:
         per_seed = []
         for seed in range(seeds):
-            model = sv.polarized(dense, target, seed, (3, min(side, 64), min(side, 64)))
+            model = sv.polarized(dense, target, seed, (3, min(side, 64), min(side, 64)), prunable_set=prunable_set)
             variants = {"ours": sv.ours(model, shape)}
             f = sv.reduction(dense, variants["ours"], shape)
             if seed == 0:  # one uniform network per F: it does not depend on which channels go
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clock", choices=["cpu", "wall"], help="default: cpu on a CPU, wall on a GPU")
+    parser.add_argument("--prunable-set", choices=["all", "authors"], default="all",
+                        help="the BNs whose channels go (pruning.prunable): every prunable one, or the authors'")
     parser.add_argument("--json", type=Path, help="write the results here (with machine, versions, commit)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         print("Torch-Pruning is not installed: its column is skipped (pip install -e '.[bench]')")
     rows = []
     for name in args.models:
-        rows += bench_model(name, args.fractions, args.seeds, args.threads, args.runs, device, clock)
+        rows += bench_model(name, args.fractions, args.seeds, args.threads, args.runs, device, clock, args.prunable_set)
     env["load_average_after"] = os.getloadavg()
     print(markdown(rows))
     if args.json:

@@ -18,15 +18,19 @@ from pruning.channels import analyse, trace
 from pruning.flops import count_flops
 from pruning.fold import for_inference
 from pruning.layers import PRUNED_LAYERS
+from pruning.prunable import prunable_bns
 from pruning.surgery import masked, prune
 
 THRESHOLD = 0.1
 
 
-def spaces_of(model: nn.Module) -> list[list[nn.Module]]:
-    """The BNs of each prunable channel space (a channel goes only when all of them agree)."""
+def spaces_of(model: nn.Module, prunable_set: str = "all") -> list[list[nn.Module]]:
+    """The BNs of each prunable channel space (a channel goes only when all of them agree); with
+    the authors' set (`pruning.prunable`) only its BNs, the others keep every channel."""
     spaces = analyse(trace(model, leaves=PRUNED_LAYERS))
-    return [[model.get_submodule(n.target) for n in nodes] for nodes in spaces.bns.values()]
+    chosen = {id(bn) for bn in prunable_bns(model, prunable_set)}
+    bns = [[model.get_submodule(n.target) for n in nodes] for nodes in spaces.bns.values()]
+    return [kept for space in bns if (kept := [bn for bn in space if id(bn) in chosen])]
 
 
 @torch.no_grad()
@@ -63,15 +67,16 @@ def _bisect(make: Callable[[float], nn.Module], dense: nn.Module, target: float,
 
 
 def polarized(
-    dense: nn.Module, target: float, seed: int, shape: tuple[int, ...], steps: int = 6
+    dense: nn.Module, target: float, seed: int, shape: tuple[int, ...], steps: int = 6, prunable_set: str = "all"
 ) -> nn.Module:
     """A copy of `dense` with γ as after polarization, a random share of each space near 0, F ≈ target."""
-    spaces = spaces_of(dense)
+    spaces = spaces_of(dense, prunable_set)
 
     def make(share: float) -> nn.Module:
         model = copy.deepcopy(dense)
         g = torch.Generator().manual_seed(seed)
-        return set_gammas_(model, spaces_of(model), lambda w: torch.rand(w, generator=g) < share, seed)
+        drop = lambda w: torch.rand(w, generator=g) < share  # noqa: E731
+        return set_gammas_(model, spaces_of(model, prunable_set), drop, seed)
 
     assert spaces, "no prunable BN"
     return _bisect(make, dense, target, shape, 0.0, 1.0, steps)
