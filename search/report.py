@@ -143,7 +143,13 @@ def speed_lines(final: Any) -> list[str]:
         return []
     measured = ", ".join(f"{s:.2f}x at batch {b} ({final.latency_ms_before[b]:.3g} -> {final.latency_ms_after[b]:.3g} ms)"
                          for b, s in sorted(final.speedup.items()))  # fmt: skip
-    return [f"measured speed-up {measured}; FLOPs promise {final.ideal_speedup:.2f}x = 1/(1 − F)"]
+    lines = [f"measured speed-up {measured}; FLOPs promise {final.ideal_speedup:.2f}x = 1/(1 − F)"]
+    slower = [f"{s:.2f}x at batch {b}" for b, s in sorted(final.speedup.items()) if s < 1]
+    if slower:  # measured on CPU at F ≈ 0.1 (docs/speed.md): say so rather than let a user find out
+        lines.append(f"warning: the pruned model is slower than the dense one here ({', '.join(slower)}): "
+                     f"at F={final.flops_reduction:.2f} its narrower layers save less time than its residual "
+                     f"additions of kept channels cost (docs/speed.md)")  # fmt: skip
+    return lines
 
 
 def fmt(value: Any, spec: str = "6.3f") -> str:

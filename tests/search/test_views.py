@@ -3,6 +3,7 @@ run names, the verdict (tag, description, status), the history metrics, the figu
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import optuna
@@ -210,4 +211,10 @@ def test_final_lines_state_the_measured_speed_up_beside_the_flops_promise(tmp_pa
     text = "\n".join(final_lines(final))
     # 2.0 / 1.6 = 1.25 and 9.0 / 4.0 = 2.25, against 1 / (1 - 0.6) = 2.5
     assert "measured speed-up 1.25x at batch 1 (2 -> 1.6 ms), 2.25x at batch 500 (9 -> 4 ms)" in text
-    assert "FLOPs promise 2.50x" in text
+    assert "FLOPs promise 2.50x" in text and "slower" not in text
+
+    # a pruned model slower than the dense one at one batch size (F 0.1 on CPU): a warning names it
+    slow = dataclasses.replace(final, latency_ms_after={1: 2.5, 500: 8.0}, flops_reduction=0.1)
+    text = "\n".join(final_lines(slow))
+    assert "warning: the pruned model is slower than the dense one here (0.80x at batch 1)" in text
+    assert "at F=0.10" in text
