@@ -94,47 +94,59 @@ class Surface:
         return self.last
 
 
-def foresight(surface: Surface, stable, min_epochs: int = 2):
+def foresight(surface: Surface, stable, min_epochs: int = 2, gap: float = 0.0):
     """The rule that knows the stable F of the trial replayed now (`surface.last`): at `min_epochs`
-    it decides every trial whose stable F is outside the window, with that F as its forecast."""
+    it decides every trial whose stable F is more than `gap` outside the window, with that F as its
+    forecast."""
 
     def rule(window, fs, max_epochs):
         if len(fs) != min_epochs:
             return None
         full = surface.last[:max_epochs]
         final = next((full[k - 1] for k in range(1, len(full) + 1) if stable(full[:k])), full[-1])
-        if window[0] <= final <= window[1]:
+        if window[0] - gap <= final <= window[1] + gap:
             return None
         return Decision(ABOVE if final > window[1] else BELOW, len(fs), fs[-1], final, final, final)
 
     return rule
 
 
+def stable_rule(config):
+    """trainers.trial.is_stable on a list of F values: where a real trial of `config` stops."""
+    return lambda fs: is_stable([{"flops_reduction": f} for f in fs], config)
+
+
+def replayed(strategy: str, delta: float, seeds: int, early: bool = True, parallel: int = 1, max_trials: int = 20,
+             rule_of=None):  # fmt: skip
+    """(target, noise seed, Cost) of `strategy` for every target × `seeds` noise seeds; each trial is
+    decided by `rule_of(surface)` (None: search.strategies.early's rule, when `early`)."""
+    rows, config = recorded_rows(), load_config("cpu-quick")
+    search = {**preset_section("cpu-quick"), "max_trials": max_trials}
+    sigma, stable = seed_spread(rows), stable_rule(config)
+    for target in TARGETS:
+        for seed in range(seeds):
+            settings = SearchSettings(**search, target=target, delta=delta, strategy=strategy, parallel=parallel,
+                                      seed=seed, early_decisions=bool(early))  # fmt: skip
+            surface = Surface(rows, config.max_epochs, sigma, seed=1000 * seed + int(100 * target))
+            rule = rule_of(surface) if rule_of else None
+            yield target, seed, replay(strategies.build(settings), surface, stable, config.max_epochs, rule=rule)
+
+
 def run(seeds: int, max_trials: int) -> dict:
     rows = recorded_rows()
-    config = load_config("cpu-quick")
     search = {**preset_section("cpu-quick"), "max_trials": max_trials}
-    sigma = seed_spread(rows)
-
-    def stable(fs):
-        return is_stable([{"flops_reduction": f} for f in fs], config)
-
+    stable = stable_rule(load_config("cpu-quick"))
     results = []
     for label, name, parallel in STRATEGIES:
         for early in RULES:
             for delta in DELTAS:
-                for target in TARGETS:
-                    for seed in range(seeds):
-                        settings = SearchSettings(**search, target=target, delta=delta, strategy=name,
-                                                  parallel=parallel, seed=seed, early_decisions=bool(early))  # fmt: skip
-                        surface = Surface(rows, config.max_epochs, sigma, seed=1000 * seed + int(100 * target))
-                        rule = foresight(surface, stable) if early == FORESIGHT else None
-                        cost = replay(strategies.build(settings), surface, stable, config.max_epochs, rule=rule)
-                        results.append({"strategy": label, "early": early, "delta": delta, "target": target,
-                                        "seed": seed, "trials": cost.trials, "epochs": cost.epochs,
-                                        "rounds": cost.rounds, "converged": cost.converged,
-                                        "decided": cost.decided, "reason": cost.reason})  # fmt: skip
-    return {"rows_recorded": len(rows), "sigma": sigma, "seeds": seeds, "max_trials": max_trials,
+                rule_of = (lambda surface: foresight(surface, stable)) if early == FORESIGHT else None
+                for target, seed, cost in replayed(name, delta, seeds, early, parallel, max_trials, rule_of):
+                    results.append({"strategy": label, "early": early, "delta": delta, "target": target,
+                                    "seed": seed, "trials": cost.trials, "epochs": cost.epochs,
+                                    "rounds": cost.rounds, "converged": cost.converged,
+                                    "decided": cost.decided, "reason": cost.reason})  # fmt: skip
+    return {"rows_recorded": len(rows), "sigma": seed_spread(rows), "seeds": seeds, "max_trials": max_trials,
             "settings": search, "commit": _commit(), "results": results}  # fmt: skip
 
 
