@@ -28,8 +28,10 @@ def spaces_of(model: nn.Module, prunable_set: str = "all") -> list[list[nn.Modul
     """The BNs of each prunable channel space (a channel goes only when all of them agree); with
     the authors' set (`pruning.prunable`) only its BNs, the others keep every channel."""
     spaces = analyse(trace(model, leaves=PRUNED_LAYERS))
-    chosen = {id(bn) for bn in prunable_bns(model, prunable_set)}
     bns = [[model.get_submodule(n.target) for n in nodes] for nodes in spaces.bns.values()]
+    if prunable_set == "all":
+        return bns
+    chosen = {id(bn) for bn in prunable_bns(model, prunable_set)}
     return [kept for space in bns if (kept := [bn for bn in space if id(bn) in chosen])]
 
 

@@ -147,8 +147,8 @@ def speed_lines(final: Any) -> list[str]:
     slower = [f"{s:.2f}x at batch {b}" for b, s in sorted(final.speedup.items()) if s < 1]
     if slower:  # measured on CPU at F ≈ 0.1 (docs/speed.md): say so rather than let a user find out
         lines.append(f"warning: the pruned model is slower than the dense one here ({', '.join(slower)}): "
-                     f"at F={final.flops_reduction:.2f} its narrower layers save less time than its residual "
-                     f"additions of kept channels cost (docs/speed.md)")  # fmt: skip
+                     f"at F={final.flops_reduction:.2f} its narrower layers save no time on this machine "
+                     f"(docs/speed.md: where the time goes)")  # fmt: skip
     return lines
 
 
