@@ -59,12 +59,10 @@ def interleaved_times(models: dict[str, torch.nn.Module], x: torch.Tensor, runs:
     return times
 
 
-def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: int, clock: str = "cpu",
-                   warmup: int = 2) -> dict[str, float]:  # fmt: skip
-    """Median milliseconds of each model on `x` (see `interleaved_times`)."""
-    return {
-        name: statistics.median(t) for name, t in interleaved_times(models, x, runs, clock, warmup).items()
-    }
+def speedup(dense: list[float], variant: list[float]) -> float:
+    """dense / variant within each round, then the median: a load that changes between rounds
+    slows both networks of a round alike."""
+    return statistics.median(d / v for d, v in zip(dense, variant, strict=True))
 
 
 def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int], runs: int,
@@ -95,12 +93,9 @@ def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int
                     x = torch.randn(batch, *shape, device=device)
                     rounds = interleaved_times(timed, x, runs, clock)
                     ms = {k: statistics.median(t) for k, t in rounds.items()}
-                    # dense / variant within each round, then the median: a load that changes
-                    # between rounds slows both networks of a round alike
-                    speedup = {k: statistics.median(d / v for d, v in zip(rounds["dense"], t, strict=True))
-                               for k, t in rounds.items() if k != "dense"}  # fmt: skip
+                    speedups = {k: speedup(rounds["dense"], t) for k, t in rounds.items() if k != "dense"}
                     per_seed.append({"threads": n_threads, "batch": batch, "seed": seed, "ms": ms, "F": f_of,
-                                     "speedup": speedup,
+                                     "speedup": speedups,
                                      "skipped": {k: v for k, v in variants.items() if isinstance(v, str)}})  # fmt: skip
         for n_threads in threads:
             for batch in batches:

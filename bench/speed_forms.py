@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed_variants as sv  # noqa: E402
-from bench_speed import interleaved_times  # noqa: E402
+from bench_speed import interleaved_times, speedup  # noqa: E402
 
 from pruning.fold import fold_bn  # noqa: E402
 from trainers.models import build, input_size  # noqa: E402
@@ -94,13 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         rounds = interleaved_times({f"{k[0]}/{k[1]}": m for k, m in timed.items()}, x, args.runs)
         for form in args.forms:
             ms = {name: statistics.median(rounds[f"{form}/{name}"]) for name in networks}
-            ratios = {
-                name: statistics.median(
-                    d / v for d, v in zip(rounds[f"{form}/dense"], rounds[f"{form}/{name}"], strict=True)
-                )
-                * (1 - f_of[name])
-                for name in f_of
-            }
+            ratios = {name: speedup(rounds[f"{form}/dense"], rounds[f"{form}/{name}"]) * (1 - f_of[name])
+                      for name in f_of}  # fmt: skip
             print(f"{args.model} F={f:.2f} b={batch:<3} {form:>13}: "
                   + " ".join(f"{n} {v:7.2f} ms" for n, v in ms.items())
                   + f" | ratio ours {ratios['ours']:.2f} uniform {ratios['uniform']:.2f}", flush=True)  # fmt: skip
