@@ -3,7 +3,7 @@
     python bench/bench_speed.py --quick                       # make bench: F ≈ 0.5, 1 seed, 1 thread
     python bench/bench_speed.py --fractions 0.1 0.3 0.5 0.7 --seeds 2 --threads 1 --runs 9 \\
         --json bench/results/speed.json                       # the table of docs/speed.md
-    python bench/bench_speed.py --prunable-set authors ...    # γ near 0 only in the authors' BNs
+    python bench/bench_speed.py --authors-set ...             # + ours with the authors' prunable set
 
 For each model and target F: γ as a polarized run leaves them (bench/speed_variants.py, one draw
 per seed of which channels go), pruned by `pruning.surgery.prune`; beside it the uniform-width
@@ -36,7 +36,8 @@ import speed_variants as sv  # noqa: E402
 from trainers.models import build, input_size  # noqa: E402
 
 MODELS = ["resnet20", "resnet56", "vgg16", "resnet50", "mobilenet_v2"]
-VARIANTS = ("ours", "uniform", "torch_pruning")
+VARIANTS = ("ours", "authors", "uniform", "torch_pruning")
+NOT_ASKED = "not asked (--authors-set)"
 
 
 @torch.inference_mode()
@@ -66,7 +67,9 @@ def speedup(dense: list[float], variant: list[float]) -> float:
 
 
 def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int], runs: int,
-                device: torch.device, clock: str, prunable_set: str = "all") -> list[dict]:  # fmt: skip
+                device: torch.device, clock: str, authors_set: bool = False) -> list[dict]:  # fmt: skip
+    """Rows of `_summarize`: dense, ours, uniform width, Torch-Pruning and, with `authors_set`, ours
+    with γ near 0 only in the authors' prunable BNs at the same target, all timed in the same rounds."""
     side = input_size(name)
     shape = (3, side, side)
     batches = [1, 64 if side <= 64 else 8]
@@ -75,11 +78,14 @@ def bench_model(name: str, fractions: list[float], seeds: int, threads: list[int
     for target in fractions:
         per_seed = []
         for seed in range(seeds):
-            model = sv.polarized(dense, target, seed, (3, min(side, 64), min(side, 64)), prunable_set=prunable_set)
+            small = (3, min(side, 64), min(side, 64))
+            model = sv.polarized(dense, target, seed, small)
             variants = {"ours": sv.ours(model, shape)}
+            variants["authors"] = (sv.ours(sv.polarized(dense, target, seed, small, prunable_set="authors"), shape)
+                                   if authors_set else NOT_ASKED)  # fmt: skip
             f = sv.reduction(dense, variants["ours"], shape)
             if seed == 0:  # one uniform network per F: it does not depend on which channels go
-                uniform = sv.uniform(dense, f, (3, min(side, 64), min(side, 64)))
+                uniform = sv.uniform(dense, f, small)
             variants["uniform"] = uniform
             tp = sv.torch_pruning(model, shape)
             variants["torch_pruning"] = tp
@@ -130,21 +136,29 @@ def _summarize(name: str, target: float, threads: int, batch: int, runs: list[di
 def _line(row: dict) -> str:
     cells = [f"{row['model']:>12} F≈{row['target_F']:.1f} b={row['batch']:<3} t={row['threads']} "
              f"dense {row['dense_ms']:8.2f} ms"]  # fmt: skip
-    for variant in VARIANTS:
+    for variant in _shown([row]):
         v = row[variant]
         cells.append(f"{variant} " + (v["skipped"] if "skipped" in v else
                      f"F={v['F']:.2f} {v['speedup']:.2f}×/{v['ideal']:.2f}× = {v['ratio']:.2f}"))  # fmt: skip
     return " | ".join(cells)
 
 
+def _shown(rows: list[dict]) -> list[str]:
+    """The variants the rows hold, or that were asked for and skipped (with the reason)."""
+    return [v for v in VARIANTS if any(r[v].get("skipped") != NOT_ASKED for r in rows)]
+
+
 def markdown(rows: list[dict]) -> str:
     """The table of docs/speed.md: speed-up / ideal (ratio) per variant."""
-    head = ("| model | F (ours) | batch | threads | dense ms | ours: speed-up / ideal (ratio) "
-            "| uniform width | Torch-Pruning |\n|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+    shown = _shown(rows)
+    titles = {"ours": "ours: speed-up / ideal (ratio)", "authors": "ours, authors' prunable set",
+              "uniform": "uniform width", "torch_pruning": "Torch-Pruning"}  # fmt: skip
+    head = ("| model | F (ours) | batch | threads | dense ms | " + " | ".join(titles[v] for v in shown) + " |\n"
+            + "|---" * (5 + len(shown)) + "|\n")  # fmt: skip
     lines = []
     for r in rows:
         cells = []
-        for variant in VARIANTS:
+        for variant in shown:
             v = r[variant]
             cells.append(v["skipped"] if "skipped" in v else
                          f"F {v['F']:.2f}: {v['speedup']:.2f}× / {v['ideal']:.2f}× ({v['ratio']:.2f})")  # fmt: skip
@@ -192,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clock", choices=["cpu", "wall"], help="default: cpu on a CPU, wall on a GPU")
-    parser.add_argument("--prunable-set", choices=["all", "authors"], default="all",
-                        help="the BNs whose channels go (pruning.prunable): every prunable one, or the authors'")
+    parser.add_argument("--authors-set", action="store_true",
+                        help="also time ours with γ near 0 only in the authors' prunable BNs (pruning.prunable)")
     parser.add_argument("--json", type=Path, help="write the results here (with machine, versions, commit)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -205,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         print("Torch-Pruning is not installed: its column is skipped (pip install -e '.[bench]')")
     rows = []
     for name in args.models:
-        rows += bench_model(name, args.fractions, args.seeds, args.threads, args.runs, device, clock, args.prunable_set)
+        rows += bench_model(name, args.fractions, args.seeds, args.threads, args.runs, device, clock, args.authors_set)
     env["load_average_after"] = os.getloadavg()
     print(markdown(rows))
     if args.json:
