@@ -47,6 +47,8 @@ STRATEGIES = (("algorithm1", "algorithm1", 1), ("kary k=2", "kary", 2), ("kary k
               ("secant", "secant", 1), ("optuna", "optuna", 1))  # fmt: skip
 FORESIGHT = "foresight"
 RULES = (False, True, FORESIGHT)  # early decisions off, on (search.strategies.early), with foresight
+# (label, strategy): searches that start from the stable trials of the same user's earlier searches
+RECALLING = (("algorithm1 + earlier trials", "algorithm1"), ("secant + earlier trials", "secant"))
 
 
 def recorded_rows() -> list[dict]:
@@ -132,6 +134,25 @@ def replayed(strategy: str, delta: float, seeds: int, early: bool = True, parall
             yield target, seed, replay(strategies.build(settings), surface, stable, config.max_epochs, rule=rule)
 
 
+def recalled(strategy: str, delta: float, seeds: int, early: bool, max_trials: int = 20):
+    """(target, noise seed, Cost) as `replayed`, but per noise seed the six targets are one user's
+    searches in a random order, each started (Strategy.recall) from the stable trials of the ones
+    before it; a trial's replayed F is drawn afresh (its own noise), as a new trial's would be."""
+    rows, config = recorded_rows(), load_config("cpu-quick")
+    search = {**preset_section("cpu-quick"), "max_trials": max_trials}
+    sigma, stable = seed_spread(rows), stable_rule(config)
+    for seed in range(seeds):
+        known: list[tuple[float, float, float]] = []
+        for target in random.Random(seed).sample(TARGETS, len(TARGETS)):
+            settings = SearchSettings(**search, target=target, delta=delta, strategy=strategy, seed=seed,
+                                      early_decisions=bool(early))  # fmt: skip
+            built = strategies.build(settings)
+            built.recall(known)
+            surface = Surface(rows, config.max_epochs, sigma, seed=1000 * seed + int(100 * target))
+            yield target, seed, replay(built, surface, stable, config.max_epochs)
+            known += [(tr.lam, tr.t, tr.flops_reduction) for tr in built.trials if not tr.failed and not tr.decided]
+
+
 def run(seeds: int, max_trials: int) -> dict:
     rows = recorded_rows()
     search = {**preset_section("cpu-quick"), "max_trials": max_trials}
@@ -141,13 +162,20 @@ def run(seeds: int, max_trials: int) -> dict:
         for early in RULES:
             for delta in DELTAS:
                 rule_of = (lambda surface: foresight(surface, stable)) if early == FORESIGHT else None
-                for target, seed, cost in replayed(name, delta, seeds, early, parallel, max_trials, rule_of):
-                    results.append({"strategy": label, "early": early, "delta": delta, "target": target,
-                                    "seed": seed, "trials": cost.trials, "epochs": cost.epochs,
-                                    "rounds": cost.rounds, "converged": cost.converged,
-                                    "decided": cost.decided, "reason": cost.reason})  # fmt: skip
+                results += [_row(label, early, delta, *done)
+                            for done in replayed(name, delta, seeds, early, parallel, max_trials, rule_of)]
+    for label, name in RECALLING:
+        for early in (False, True):
+            for delta in DELTAS:
+                results += [_row(label, early, delta, *done) for done in recalled(name, delta, seeds, early, max_trials)]
     return {"rows_recorded": len(rows), "sigma": seed_spread(rows), "seeds": seeds, "max_trials": max_trials,
             "settings": search, "commit": _commit(), "results": results}  # fmt: skip
+
+
+def _row(label: str, early, delta: float, target: float, seed: int, cost) -> dict:
+    return {"strategy": label, "early": early, "delta": delta, "target": target, "seed": seed,
+            "trials": cost.trials, "epochs": cost.epochs, "rounds": cost.rounds, "converged": cost.converged,
+            "decided": cost.decided, "reason": cost.reason}  # fmt: skip
 
 
 def table(record: dict) -> str:
@@ -162,7 +190,7 @@ def table(record: dict) -> str:
                   "| strategy | early decisions | trials (median) | rounds (median) | trial-epochs (median) "
                   "| hit rate | trial-epochs vs Algorithm 1 without |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for label, _, _ in STRATEGIES:
+        for label in [label for label, _, _ in STRATEGIES] + [label for label, _ in RECALLING]:
             for early in RULES:
                 rs = groups[(label, early, delta)]
                 if not rs:

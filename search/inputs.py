@@ -61,6 +61,8 @@ SETTINGS_FLAGS = {
     "t_step": "the step of t in the t phase",
     "max_trials": "the trial budget of the search",
     "early_decisions": "end a trial once the side of the strategy's window is known (docs/search-cost.md)",
+    "reuse_trials": "start from the trials earlier searches of the same trainer config ran to a stable F, "
+                    "read from the MLflow experiment (algorithm1, secant; docs/search-cost.md)",
 }
 
 

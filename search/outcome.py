@@ -46,7 +46,7 @@ class TrialRow:
     lam: float
     t: float
     flops_reduction: float | None  # the stable F; for a trial decided early, the forecast the strategy was told
-    status: str  # the trial's: stable | max_epochs | decided | failed
+    status: str  # the trial's: stable | max_epochs | decided | failed; earlier: recalled, not trained here
     epochs: int | None = None
     val_accuracy: float | None = None
     message: str = ""
@@ -62,6 +62,13 @@ class TrialRow:
                    status="failed" if trial.failed else status, epochs=_int(reported.get("epoch")),
                    val_accuracy=finite(reported.get("val_accuracy")), message=str(reported.get("message") or ""),
                    trial_id=trial_id, decided=trial.decided)  # fmt: skip
+
+    @classmethod
+    def earlier(cls, trial: Any, found: Any | None) -> TrialRow:
+        """The row of a trial recalled from an earlier search (`found`: its search.earlier.EarlierTrial)."""
+        return cls(id=trial.id, lam=trial.lam, t=trial.t, flops_reduction=trial.flops_reduction, status="earlier",
+                   epochs=None if found is None else found.epochs,
+                   message="" if found is None else f"trained by an earlier search (MLflow run {found.run_id})")  # fmt: skip
 
 
 @dataclass

@@ -55,7 +55,7 @@ def run_search(spec: SearchSpec, resume: bool = False, echo: Echo = print) -> Se
         tracker = _tracker(spec)
         try:
             _open_tracking(tracker, spec, resume)
-            outcome = _run_trials(spec, config, resources, tracker.parent_id, resume)
+            outcome = _run_trials(spec, config, resources, tracker, resume, echo)
             if outcome.interrupted:
                 outcome.notes.append("interrupted: no final job")
             elif outcome.best is None:
@@ -174,8 +174,8 @@ def _open_tracking(tracker: Any, spec: SearchSpec, resume: bool) -> None:
         write_spec(spec, parent, absolute_uri(spec.mlflow_uri))
 
 
-def _run_trials(spec: SearchSpec, config: Any, resources: dict[str, float], parent_id: str,
-                resume: bool) -> SearchOutcome:  # fmt: skip
+def _run_trials(spec: SearchSpec, config: Any, resources: dict[str, float], tracker: Any, resume: bool,
+                echo: Echo) -> SearchOutcome:  # fmt: skip
     """The trials, through one Ray Tune run steered by the strategy; the outcome from both."""
     from search import tune
     from search.report import trial_handlers
@@ -184,26 +184,47 @@ def _run_trials(spec: SearchSpec, config: Any, resources: dict[str, float], pare
 
     optuna = {"storage": f"sqlite:///{(spec.output / 'optuna.db').resolve()}", "study_name": spec.output.name}
     strategy = build(spec.settings, **(optuna if spec.settings.strategy == "optuna" else {}))
+    earlier = {} if resume else _recall(strategy, spec, config, tracker, echo)
     searcher = tune.AskTellSearcher(strategy)
     storage = spec.output / "ray"
-    grid = tune.run_tuner(
+    grid = [] if strategy.finished else tune.run_tuner(
         trial_trainable(config), searcher, resources=resources, name=TUNE_NAME, storage_path=storage,
         max_trials=spec.settings.max_trials, parallel=spec.settings.concurrency, resume=resume,
         workers=config.workers_per_trial,
-        callbacks=[tune.TrialEvents(trial_handlers, spec.mlflow_uri, spec.experiment, parent_id,
+        callbacks=[tune.TrialEvents(trial_handlers, spec.mlflow_uri, spec.experiment, tracker.parent_id,
                                     optuna if spec.settings.strategy == "optuna" else None)],
-    )
+    )  # fmt: skip
     _raise_io_errors(grid)
     if resume:  # the Tuner ran the searcher it had saved: read the strategy's final state back
         tune.restored_searcher(searcher, storage, TUNE_NAME)
+        earlier = {(tr.lam, tr.flops_reduction): None for tr in strategy.known}
     reported = {result.metrics.get("trial_id"): result.metrics for result in grid}
     trial_ids = {proposal: trial_id for trial_id, proposal in searcher.proposals.items()}
-    rows = [TrialRow.of(tr, reported.get(trial_ids.get(tr.id)), trial_ids.get(tr.id)) for tr in strategy.trials]
+    rows = [TrialRow.earlier(tr, earlier.get((tr.lam, tr.flops_reduction))) for tr in strategy.known]
+    rows += [TrialRow.of(tr, reported.get(trial_ids.get(tr.id)), trial_ids.get(tr.id)) for tr in strategy.trials]
     outcome = SearchOutcome(trials=rows, best=strategy.best, converged=strategy.converged, reason=strategy.reason,
-                            output=spec.output, parent_run_id=parent_id)  # fmt: skip
+                            output=spec.output, parent_run_id=tracker.parent_id)  # fmt: skip
     if not strategy.finished:  # Ctrl-C: Tune stopped and saved its state
         outcome.interrupted, outcome.reason = True, "interrupted"
     return outcome
+
+
+def _recall(strategy: Any, spec: SearchSpec, config: Any, tracker: Any, echo: Echo) -> dict[tuple[float, float], Any]:
+    """Start `strategy` from the trials earlier searches of the same trainer config ran to a stable F
+    (search.earlier); the ones it took, by (λ, F). Logged as the parent run's param `earlier_trials`."""
+    from search.earlier import earlier_trials
+
+    if not spec.settings.reuse_trials or not strategy.recalls:
+        return {}
+    found = earlier_trials(tracker.client, tracker.experiment_id, config, exclude=tracker.parent_id)
+    taken = strategy.recall(trial.point for trial in found)
+    tracker.client.log_param(tracker.parent_id, "earlier_trials", str(taken))
+    if found:
+        ending = (f"the answer is one of them (F={strategy.best.flops_reduction:.3f}): no trial to train"
+                  if strategy.finished else "the search starts from them")  # fmt: skip
+        echo(f"earlier searches of this config in the MLflow experiment: {len(found)} trials ran to a stable F, "
+             f"{taken} at t={spec.settings.t_init:g} reused; {ending} (--no-reuse-trials to train afresh)")
+    return {(trial.lam, trial.flops_reduction): trial for trial in found}
 
 
 def _run_final(outcome: SearchOutcome, config: Any, output: Path, resources: dict[str, float], tracker: Any,

@@ -40,6 +40,7 @@ class SearchSettings:
     max_trials: int = MAX_TRIALS
     seed: int = 0  # the seed of a strategy that draws (optuna)
     early_decisions: bool = True  # stop a trial once the side of the strategy's window is known (issue 13)
+    reuse_trials: bool = True  # start from the stable trials of earlier searches of the same trainer config
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -60,6 +60,7 @@ class Algorithm1(Strategy):
     """The paper's Algorithm 1: bisection on λ until |F − F*| ≤ 2δ, then t ± t_step until ≤ δ."""
 
     name = "algorithm1"
+    recalls = True
 
     def __init__(self, settings: Any = None, /, *, max_widen: int = 8, lam_rtol: float = 1e-3,
                  t_step_min: float | None = None, **fields: Any) -> None:  # fmt: skip
@@ -88,6 +89,21 @@ class Algorithm1(Strategy):
     def window(self, proposal: Any) -> tuple[float, float] | None:
         """The λ phase asks for the side of the 2δ window, the t phase for that of the δ window."""
         return self._window(2 * self.delta if self._s["phase"] == "lambda" else self.delta)
+
+    def _recalled(self) -> None:
+        """Earlier trials (at t₀) as trials of this λ phase: the one closest to F* within 2δ ends it;
+        else each inside (λl, λu) narrows the bracket as a trial of this search would."""
+        s, target = self._s, self.target
+        near = [tr for tr in self._trials if abs(tr.flops_reduction - target) <= 2 * self.delta]
+        if near:
+            best = min(near, key=lambda tr: abs(tr.flops_reduction - target))
+            self._start_t_phase(best.lam, best.flops_reduction)
+            return
+        for tr in self._trials:
+            if s["lam_low"] < tr.lam < s["lam_high"]:
+                above = tr.flops_reduction > target
+                s.update({"lam_high": tr.lam, "f_high": tr.flops_reduction, "high_tried": True} if above else
+                         {"lam_low": tr.lam, "f_low": tr.flops_reduction, "low_tried": True})  # fmt: skip
 
     def _propose(self) -> list[Point]:
         s = self._s

@@ -23,6 +23,7 @@ import enum
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class Trial:
     flops_reduction: float | None
     status: str  # "ok" or "failed"
     decided: str | None = None  # "above" | "below" | None: trained until F was stable
+    known: bool = False  # a trial of an earlier search (`Strategy.recall`), not trained by this one
 
     @property
     def failed(self) -> bool:
@@ -118,6 +120,7 @@ class Strategy(ABC):
 
     name = "strategy"
     uses_parallel = False  # whether `settings.parallel` means anything to this strategy
+    recalls = False  # whether `recall` can start this strategy from earlier searches' trials
 
     def __init__(self, settings: SearchSettings | None = None, /, **fields: Any) -> None:
         """Built from `settings`, or from the fields of one (`target=0.5, delta=0.05, ...`)."""
@@ -146,6 +149,27 @@ class Strategy(ABC):
         return settings.parallel if cls.uses_parallel else 1
 
     # -- the protocol ------------------------------------------------------------------------
+    def recall(self, known: Iterable[tuple[float, float, float]]) -> int:
+        """Start from trials that earlier searches of the same trainer config trained until F was
+        stable, as (λ, t, F): those at t₀ (the λ phase's t) become told trials of this search — never
+        proposed again, not counted in `max_trials`, the winner if one is within δ (the search is
+        then over before it trains anything). Call before the first `ask()`; returns how many it took."""
+        if not self.recalls:
+            raise ValueError(f"the {self.name} strategy cannot start from earlier trials")
+        if self._trials or self._outstanding:
+            raise ValueError("recall() comes before the first ask()")
+        t0 = round_t(self.settings.t_init)
+        taken = sorted({(float(lam), float(f)) for lam, t, f in known
+                        if round_t(t) == t0 and lam > 0 and as_flops(f) is not None})  # fmt: skip
+        for i, (lam, f) in enumerate(taken):
+            self._trials.append(Trial(-1 - i, lam, t0, f, "ok", known=True))
+        inside = [tr for tr in self._trials if abs(tr.flops_reduction - self.target) <= self.delta]
+        if inside:
+            self._finish(CONVERGED, converged=True)
+        elif taken:
+            self._recalled()
+        return len(taken)
+
     def ask(self) -> Proposal | None | _Signal:
         """The next proposal to train, WAIT until outstanding results are told, or None: finished."""
         if self._reason:
@@ -226,7 +250,13 @@ class Strategy(ABC):
 
     @property
     def trials(self) -> list[Trial]:
-        return list(self._trials)
+        """The trials this search trained (not those recalled from earlier searches)."""
+        return [tr for tr in self._trials if not tr.known]
+
+    @property
+    def known(self) -> list[Trial]:
+        """The trials recalled from earlier searches (`recall`)."""
+        return [tr for tr in self._trials if tr.known]
 
     @property
     def outstanding(self) -> list[Proposal]:
@@ -270,6 +300,9 @@ class Strategy(ABC):
     def _observe(self, trial: Trial) -> None:
         """Update the strategy with one told trial (not called once the search is finished)."""
 
+    def _recalled(self) -> None:
+        """Take the recalled trials (in `self._trials`, none within δ) into the strategy's state."""
+
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
@@ -286,7 +319,7 @@ class Strategy(ABC):
 
     @property
     def _n_asked(self) -> int:
-        return len(self._trials) + len(self._outstanding)
+        return len(self._trials) - len(self.known) + len(self._outstanding)
 
     def _index(self, proposal: Proposal | int) -> int:
         wanted = proposal.id if isinstance(proposal, Proposal) else int(proposal)

@@ -44,6 +44,7 @@ class Secant(TwoPhase):
     """A model of F(log λ, t) from the trials so far picks each next trial, one at a time."""
 
     name = "secant"
+    recalls = True  # the model is fitted to every trial, the recalled ones too
 
     def __init__(self, settings: Any = None, /, *, max_widen: int = 8, lam_rtol: float = 0.1,
                  t_step_min: float | None = None, **fields: Any) -> None:  # fmt: skip

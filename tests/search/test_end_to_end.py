@@ -120,6 +120,26 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     assert [row["id"] for row in result["trials"]] == list(range(len(trials)))
     assert result["best"] == pytest.approx({"lam": lam, "t": t, "flops_reduction": f})
 
+    # Issue 13: a second search of the same config, for a target one of these trials already hit,
+    # trains nothing: that trial is its answer, read back from the store.
+    t0 = float(params["t_init"])
+    stable = [r for r in trials if r.data.tags["status"] in ("stable", "max_epochs") and float(r.data.params["t"]) == t0]
+    known = stable[0]
+    target = round(known.data.metrics["flops_reduction"], 3)
+    again = ["--target-flops", str(target), "--delta", str(DELTA), "--preset", "smoke", "--data-dir",
+             str(cifar10_dir), "--output", "again", "--experiment", "e2e", "--skip-final"]  # fmt: skip
+    assert main(again) == 0
+    out = capsys.readouterr().out
+    assert f"{len(stable)} at t={t0:g} reused; the answer is one of them" in out
+    second = next(r for r in _runs(client, "e2e", f"{KIND} = 'search'") if r.info.run_id != parent.info.run_id)
+    assert second.data.params["earlier_trials"] == str(len(stable))
+    assert not _runs(client, "e2e", f"tags.mlflow.parentRunId = '{second.info.run_id}' and {KIND} = 'trial'")
+    result = json.loads((tmp_path / "again" / "result.json").read_text())
+    assert result["status"] == "converged" and {row["status"] for row in result["trials"]} == {"earlier"}
+    assert result["best"]["lam"] == float(known.data.params["lam"])
+    assert result["best"]["flops_reduction"] == pytest.approx(known.data.metrics["flops_reduction"])
+    assert second.data.metrics["best_flops_reduction"] == pytest.approx(known.data.metrics["flops_reduction"])
+
 
 def _ctrl_c_after_the_first_trial(tune_dir: Path, timeout: float = 150.0) -> None:
     """Press Ctrl-C (SIGINT to this process) once Tune has recorded a trial's final result."""
