@@ -86,7 +86,11 @@ class Trial:
         return self.status == "failed"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields; `known` only for a recalled trial."""
+        fields = asdict(self)
+        if not self.known:
+            del fields["known"]
+        return fields
 
 
 def round_t(t: float) -> float:
