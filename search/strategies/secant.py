@@ -29,7 +29,7 @@ def _falsi(lo: Trial, hi: Trial, pts: list[Trial], target: float) -> float:
     halved n − 1 times, so the next trial moves towards it and the bracket cannot stall on one side.
     """
     g_lo, g_hi = lo.flops_reduction - target, hi.flops_reduction - target
-    sides = [is_above(tr, target, 0.0) for tr in pts]
+    sides = [is_above(tr, target, 0.0) for tr in pts if not tr.known]  # this search's own, in the order told
     n = next((i for i, side in enumerate(reversed(sides)) if side != sides[-1]), len(sides))
     if n >= 2 and sides[-1]:
         g_lo /= 2 ** (n - 1)

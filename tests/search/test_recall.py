@@ -52,7 +52,7 @@ def test_an_earlier_trial_within_delta_is_the_answer_and_nothing_is_trained(name
 
 def test_secant_interpolates_between_the_earlier_trials():
     secant = build("secant")
-    secant.recall(KNOWN)
+    secant.recall(KNOWN + [(1.5e-3, 1.2, 0.7)])  # two known above: no Illinois halving, they were not told in turn
     frac = (0.5 - 0.2) / (0.62 - 0.2)  # regula falsi on log λ between F 0.2 and F 0.62
     assert secant.ask().lam == pytest.approx(math.exp(math.log(2.5e-4) + frac * math.log(1e-3 / 2.5e-4)))
 
