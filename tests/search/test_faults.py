@@ -412,7 +412,8 @@ def test_a_full_disk_fails_the_search_with_the_reason(cifar10_dir, tmp_path, ful
 
 @pytest.mark.slow
 def test_two_searches_on_one_mlflow_store(cifar10_dir, tmp_path):
-    extra = ("--data-dir", str(cifar10_dir), "--max-trials", "1", "--max-epochs", "2", "--min-epochs", "1")
+    extra = ("--data-dir", str(cifar10_dir), "--max-trials", "1", "--max-epochs", "2", "--min-epochs", "1",
+             "--no-reuse-trials")  # each trains its own trial, whichever ends first
     with _started(_search(tmp_path, *extra), tmp_path) as first, \
             _started(_search(tmp_path, *extra, output="out2"), tmp_path) as second:  # fmt: skip
         first.communicate(timeout=240)
