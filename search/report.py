@@ -118,11 +118,28 @@ def summary(outcome: Any, target: float, delta: float) -> str:
                      f"(|F-F*|={gap:.3f}, {inside} δ={delta})")
         lines.append("verdict: hit" if gap <= delta else f"verdict: MISSED the target F*={target} ± {delta}")
     lines.append(f"stop reason: {outcome.reason}")
+    lines.append(cost_line(outcome.trials))
     if outcome.final is not None:
         lines.extend(final_lines(outcome.final))
     lines.extend(outcome.notes)
     lines.append(f"search took {outcome.seconds:.0f} s; results in {outcome.output}")
     return "\n".join(lines)
+
+
+def cost_line(rows: list[Any]) -> str:
+    """`cost: 2 trials, 53 trial-epochs trained (3 trials of earlier searches reused: 78 trial-epochs
+    not trained again)`: what the search paid, from its table's rows."""
+    trained = [row for row in rows if row.status != "earlier"]
+    reused = [row for row in rows if row.status == "earlier"]
+    line = f"cost: {_count(len(trained), 'trial')}, {sum(row.epochs or 0 for row in trained)} trial-epochs trained"
+    if reused:
+        line += (f" ({_count(len(reused), 'trial')} of earlier searches reused: {sum(row.epochs or 0 for row in reused)} "
+                 "trial-epochs not trained again)")  # fmt: skip
+    return line
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def final_lines(final: Any) -> list[str]:

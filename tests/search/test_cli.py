@@ -298,3 +298,14 @@ def test_summary_table_lists_trials_winner_and_reason():
     assert any("0.03" in line and "failed" in line for line in lines)
     assert "winner: lam=0.02 t=1.2 F=0.300 (|F-F*|=0.200, outside δ=0.05)" in text
     assert "stop reason: max_trials reached" in text
+    assert "cost: 2 trials, 6 trial-epochs trained\n" in text
+
+
+def test_summary_counts_the_trials_of_earlier_searches_apart():
+    rows = [TrialRow(-1, 1e-3, 1.2, 0.62, "earlier", epochs=24), TrialRow(-2, 2.5e-4, 1.2, 0.2, "earlier", epochs=30),
+            TrialRow(0, 6e-4, 1.2, 0.52, "stable", epochs=27)]  # fmt: skip
+    outcome = SearchOutcome(trials=rows, best=Trial(0, 6e-4, 1.2, 0.52, "ok"), converged=True, reason="converged",
+                            output=Path("out"))  # fmt: skip
+    text = summary(outcome, 0.5, 0.05)
+    assert "cost: 1 trial, 27 trial-epochs trained (2 trials of earlier searches reused: 54 trial-epochs" in text
+    assert sum(line.endswith("earlier") for line in text.splitlines()) == 2
