@@ -22,8 +22,8 @@ from __future__ import annotations
 import enum
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -305,7 +305,9 @@ class Strategy(ABC):
         """Update the strategy with one told trial (not called once the search is finished)."""
 
     def _recalled(self) -> None:
-        """Take the recalled trials (in `self._trials`, none within δ) into the strategy's state."""
+        """Take the recalled trials (in `self._trials`, none within δ) into the strategy's state;
+        a strategy that refits from `self._trials` on every proposal (secant) has nothing to do."""
+        return None
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
