@@ -6,6 +6,9 @@ winner and whether it is within δ, and the wall time of the trials (first trial
 trial's end, MLflow's run times; the final job is not in it).
 
     .venv/bin/python experiments/real_searches_report.py RUNS/*/ [--out experiments/results/real-searches.json]
+
+Trials recalled from earlier searches (status "earlier", `reuse_trials`) are counted apart
+(reused_trials, reused_epochs): the search did not train them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ def row(folder: Path) -> dict[str, Any]:
 
     spec, result = (json.loads((folder / name).read_text()) for name in ("search.json", "result.json"))
     settings, config = spec["settings"], spec["config"]
-    trials = result["trials"]
+    trials = [t for t in result["trials"] if t["status"] != "earlier"]  # trained by this search
+    reused = [t for t in result["trials"] if t["status"] == "earlier"]  # recalled from earlier searches
     client = MlflowClient(tracking_uri=spec["mlflow_uri"])
     runs = client.search_runs([client.get_run(result["parent_run_id"]).info.experiment_id],
                               f"tags.mlflow.parentRunId = '{result['parent_run_id']}' and tags.`polarsearch.kind` = 'trial'")  # fmt: skip
@@ -34,13 +38,15 @@ def row(folder: Path) -> dict[str, Any]:
     return {
         "search": folder.name, "strategy": settings["strategy"], "target": settings["target"],
         "delta": settings["delta"], "early_decisions": settings["early_decisions"],
-        "warm_start_epochs": config["warm_start_epochs"], "trials": len(trials),
+        "warm_start_epochs": config["warm_start_epochs"], "reuse_trials": settings.get("reuse_trials", False),
+        "reused_trials": len(reused), "reused_epochs": sum(int(t["epochs"] or 0) for t in reused), "trials": len(trials),
         "trial_epochs": sum(int(t["epochs"]) for t in trials),
         "epochs_per_trial": [int(t["epochs"]) for t in trials], "statuses": [t["status"] for t in trials],
         "F": [round(t["flops_reduction"], 4) for t in trials],
         "winner": None if best is None else {k: best[k] for k in ("lam", "t", "flops_reduction")},
         "hit": gap is not None and gap <= settings["delta"], "status": result["status"],
-        "trials_wall_s": round((max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000),
+        "trials_wall_s": round((max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000)
+        if runs else 0,
         "search_s": round(result["seconds"]), "final": result.get("final") is not None,
         "threads": config["threads"],
     }  # fmt: skip
@@ -60,7 +66,7 @@ def main() -> None:
     os.replace(tmp, args.out)
     for r in rows:
         print(f"{r['search']:28} {r['strategy']:10} F*={r['target']} early={r['early_decisions']!s:5} "
-              f"trials {r['trials']}  trial-epochs {r['trial_epochs']:3}  hit {r['hit']!s:5} "
+              f"trials {r['trials']}  trial-epochs {r['trial_epochs']:3}  reused {r['reused_trials']}  hit {r['hit']!s:5} "
               f"trials' wall {r['trials_wall_s']} s  F {r['F']}")
 
 
