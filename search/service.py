@@ -218,7 +218,11 @@ def _recall(strategy: Any, spec: SearchSpec, config: Any, tracker: Any, echo: Ec
         return {}
     found = earlier_trials(tracker.client, tracker.experiment_id, config, exclude=tracker.parent_id)
     taken = strategy.recall(trial.point for trial in found)
+    used = {(tr.lam, tr.flops_reduction) for tr in strategy.known}
+    runs = [trial.run_id for trial in found if (trial.lam, trial.flops_reduction) in used]
     tracker.client.log_param(tracker.parent_id, "earlier_trials", str(taken))
+    if runs:  # where each reused trial's curves are, in the MLflow UI
+        tracker.client.set_tag(tracker.parent_id, "polarsearch.earlier_runs", ",".join(runs)[:5000])
     if found:
         ending = (f"the answer is one of them (F={strategy.best.flops_reduction:.3f}): no trial to train"
                   if strategy.finished else "the search starts from them")  # fmt: skip

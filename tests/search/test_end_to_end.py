@@ -133,6 +133,7 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     assert f"{len(stable)} at t={t0:g} reused; the answer is one of them" in out
     second = next(r for r in _runs(client, "e2e", f"{KIND} = 'search'") if r.info.run_id != parent.info.run_id)
     assert second.data.params["earlier_trials"] == str(len(stable))
+    assert sorted(second.data.tags["polarsearch.earlier_runs"].split(",")) == sorted(r.info.run_id for r in stable)
     assert not _runs(client, "e2e", f"tags.mlflow.parentRunId = '{second.info.run_id}' and {KIND} = 'trial'")
     result = json.loads((tmp_path / "again" / "result.json").read_text())
     assert result["status"] == "converged" and {row["status"] for row in result["trials"]} == {"earlier"}
