@@ -20,16 +20,18 @@ A strategy is built from one `search.settings.SearchSettings`, and registers its
 from __future__ import annotations
 
 import enum
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
+
+from search.strategies.records import Point, Proposal, Trial, as_flops, interior_points, round_t
 
 if TYPE_CHECKING:
     from search.settings import SearchSettings
 
-Point = tuple[float, float]  # (λ, t), what a subclass proposes
+__all__ = ["CONVERGED", "MAX_TRIALS", "WAIT", "Point", "Proposal", "Strategy", "Trial", "as_flops",
+           "interior_points", "register", "round_t"]  # fmt: skip
 
 CONVERGED = "converged: |F-F*| <= delta"
 MAX_TRIALS = "max_trials reached"
@@ -52,66 +54,6 @@ class _Signal(enum.Enum):
 
 WAIT = _Signal.WAIT
 """Returned by `ask()` when nothing can be proposed until an outstanding trial is told."""
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """One proposed trial: its id (unique within the strategy, kept in its state), λ and t."""
-
-    id: int
-    lam: float
-    t: float
-
-    @property
-    def point(self) -> Point:
-        return self.lam, self.t
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One told trial: its proposal's id, (λ, t), the FLOPs reduction it reached (None if it failed), its
-    status, and for a trial decided early (search.strategies.early) the side of the window it stopped on
-    (its F is then the forecast of its stable F)."""
-
-    id: int
-    lam: float
-    t: float
-    flops_reduction: float | None
-    status: str  # "ok" or "failed"
-    decided: str | None = None  # "above" | "below" | None: trained until F was stable
-    known: bool = False  # a trial of an earlier search (`Strategy.recall`), not trained by this one
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "failed"
-
-    def as_dict(self) -> dict[str, Any]:
-        """Its fields; `known` only for a recalled trial."""
-        fields = asdict(self)
-        if not self.known:
-            del fields["known"]
-        return fields
-
-
-def round_t(t: float) -> float:
-    """t rounded to 10 decimals, so that t ± 0.1 steps land on the same values when they return."""
-    return round(t, 10)
-
-
-def as_flops(value: float | None) -> float | None:
-    """The told FLOPs reduction as a float, or None for a failed trial (None or NaN)."""
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def interior_points(low: float, high: float, k: int) -> list[float]:
-    """k points strictly inside (low, high): equally spaced, or log-spaced when low > 0."""
-    if low > 0:
-        a, b = math.log(low), math.log(high)
-        return [math.exp(a + (b - a) * i / (k + 1)) for i in range(1, k + 1)]
-    return [low + (high - low) * i / (k + 1) for i in range(1, k + 1)]
 
 
 class Strategy(ABC):
