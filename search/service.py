@@ -196,8 +196,7 @@ def _run_trials(spec: SearchSpec, config: Any, resources: dict[str, float], trac
     )  # fmt: skip
     _raise_io_errors(grid)
     if resume:  # the Tuner ran the searcher it had saved: read the strategy's final state back
-        tune.restored_searcher(searcher, storage, TUNE_NAME)
-        earlier = {(tr.lam, tr.flops_reduction): None for tr in strategy.known}
+        tune.restored_searcher(searcher, storage, TUNE_NAME)  # its recalled trials too (their rows: no run)
     reported = {result.metrics.get("trial_id"): result.metrics for result in grid}
     trial_ids = {proposal: trial_id for trial_id, proposal in searcher.proposals.items()}
     rows = [TrialRow.earlier(tr, earlier.get((tr.lam, tr.flops_reduction))) for tr in strategy.known]
