@@ -167,6 +167,9 @@ def log_search_views(client: MlflowClient, parent_id: str, trials: list[dict[str
     if winner is not None:
         client.set_tag(winner["run_id"], WINNER, "true")
         note += f"\n\nWinner: trial #{winner['number']} ({winner['name']})."
+    elif getattr(best, "known", False):  # recalled (search.earlier): its run is under the earlier search
+        note += (f"\n\nWinner: a trial an earlier search of the same config trained (its run is in the tag "
+                 f"`polarsearch.earlier_runs`); this search trained {len(trials)} trial(s).")  # fmt: skip
     client.log_batch(parent_id, tags=[RunTag(VERDICT, kind), RunTag(NOTE, note)])
     if target is not None and trials:
         for name, fig in (("search_history.png", plots.search_history(trials, target.target, target.delta, title=target.band())),

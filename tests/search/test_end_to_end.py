@@ -140,6 +140,8 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     assert result["best"]["lam"] == float(known.data.params["lam"])
     assert result["best"]["flops_reduction"] == pytest.approx(known.data.metrics["flops_reduction"])
     assert second.data.metrics["best_flops_reduction"] == pytest.approx(known.data.metrics["flops_reduction"])
+    note = second.data.tags["mlflow.note.content"]
+    assert "a trial an earlier search of the same config trained" in note and "trained 0 trial(s)" in note
 
 
 def _ctrl_c_after_the_first_trial(tune_dir: Path, timeout: float = 150.0) -> None:
