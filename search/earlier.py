@@ -8,7 +8,7 @@ workers, the final job's own settings) trained trials this search could have ask
 ran until F was stable (or to max_epochs) are given to the strategy (`Strategy.recall`). A trial
 decided early, failed or interrupted is not: its F is not the stable one.
 
-    known = earlier_trials(client, experiment_id, config)      # [EarlierTrial(lam, t, F, epochs, run_id)]
+    known = earlier_trials(client, experiment_id, config)      # [EarlierTrial(lam, t, F, epochs, run_id, ...)]
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ REUSABLE = ("stable", "max_epochs")  # the trial statuses whose F a strategy was
 
 @dataclass(frozen=True)
 class EarlierTrial:
-    """A trial of an earlier search of the same trainer config: (λ, t), its F, epochs, MLflow run."""
+    """A trial of an earlier search of the same trainer config: (λ, t), its F, epochs, MLflow run, accuracy."""
 
     lam: float
     t: float
     flops_reduction: float
     epochs: int
     run_id: str
+    val_accuracy: float | None = None
 
     @property
     def point(self) -> tuple[float, float, float]:
@@ -71,5 +72,6 @@ def earlier_trials(client: Any, experiment_id: str, config: Any, exclude: str | 
             f = run.data.metrics.get("flops_reduction")
             if run.data.tags.get("status") in REUSABLE and f is not None and run.data.tags.get("decided") is None:
                 found.append(EarlierTrial(float(run.data.params["lam"]), float(run.data.params["t"]), float(f),
-                                          int(run.data.metrics.get("epochs", 0)), run.info.run_id))  # fmt: skip
+                                          int(run.data.metrics.get("epochs", 0)), run.info.run_id,
+                                          run.data.metrics.get("val_accuracy")))  # fmt: skip
     return found

@@ -68,6 +68,7 @@ class TrialRow:
         """The row of a trial recalled from an earlier search (`found`: its search.earlier.EarlierTrial)."""
         return cls(id=trial.id, lam=trial.lam, t=trial.t, flops_reduction=trial.flops_reduction, status="earlier",
                    epochs=None if found is None else found.epochs,
+                   val_accuracy=None if found is None else finite(found.val_accuracy),
                    message="" if found is None else f"trained by an earlier search (MLflow run {found.run_id})")  # fmt: skip
 
 

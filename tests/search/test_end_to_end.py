@@ -138,6 +138,9 @@ def test_search_end_to_end(cifar10_dir, tmp_path, monkeypatch, capsys):
     result = json.loads((tmp_path / "again" / "result.json").read_text())
     assert result["status"] == "converged" and {row["status"] for row in result["trials"]} == {"earlier"}
     assert result["best"]["lam"] == float(known.data.params["lam"])
+    (row,) = [row for row in result["trials"] if row["lam"] == float(known.data.params["lam"])]
+    assert (row["epochs"], row["val_accuracy"]) == (known.data.metrics["epochs"], known.data.metrics["val_accuracy"])
+    assert known.info.run_id in row["message"]
     assert result["best"]["flops_reduction"] == pytest.approx(known.data.metrics["flops_reduction"])
     assert second.data.metrics["best_flops_reduction"] == pytest.approx(known.data.metrics["flops_reduction"])
     note = second.data.tags["mlflow.note.content"]

@@ -124,7 +124,7 @@ def test_earlier_trials_are_those_of_the_same_trainer_config_that_ran_to_a_stabl
         lam = 1e-4 * (i + 1)
         for trial, status, f in ((f"{name}-a", "stable", 0.3), (f"{name}-b", "decided", 0.7),
                                  (f"{name}-c", "failed", math.nan), (f"{name}-d", "max_epochs", 0.41)):  # fmt: skip
-            tracker.log_epoch(trial, epoch(lam, 1.2, 1, 0.1))
+            tracker.log_epoch(trial, epoch(lam, 1.2, 1, 0.1, acc=0.61))
             tracker.end_trial(trial, {**end(lam, 1.2, 6, f, status=status),
                                       **({"decided": "above", "forecast": 0.8} if status == "decided" else {})})
             lam *= 2
@@ -133,7 +133,7 @@ def test_earlier_trials_are_those_of_the_same_trainer_config_that_ran_to_a_stabl
     found = earlier_trials(SearchTracker(store, "exp").client, tracker.experiment_id, base)
     # "same" and "other machine" (threads, device, workers do not change F): their stable and
     # max_epochs trials; not the decided, failed, other-seed or other-data ones
-    assert sorted((round(k.lam, 10), k.flops_reduction, k.epochs) for k in found) == [
-        (1e-4, 0.3, 6), (2e-4, 0.3, 6), (8e-4, 0.41, 6), (1.6e-3, 0.41, 6)]
+    assert sorted((round(k.lam, 10), k.flops_reduction, k.epochs, k.val_accuracy) for k in found) == [
+        (1e-4, 0.3, 6, 0.61), (2e-4, 0.3, 6, 0.61), (8e-4, 0.41, 6, 0.61), (1.6e-3, 0.41, 6, 0.61)]
     others = earlier_trials(tracker.client, tracker.experiment_id, base, exclude=parents["same"])
     assert sorted(round(k.lam, 10) for k in others) == [2e-4, 1.6e-3]  # a search never recalls its own
