@@ -95,6 +95,7 @@ class SearchTracker:
         self._last_epoch: dict[str, tuple[int, float]] = {}  # trial_id -> (epoch, F) last logged
         self._ended: set[str] = set()  # trial ids whose end is logged (Tune may re-run one on --resume)
         self._numbers: dict[str, int] = {}  # trial id -> the trial's number (1-based), for names and history
+        self._points: dict[str, tuple[str, str, str]] = {}  # run id -> (trial id, λ, t) of the runs found on attach
         self.target: Any = None  # search.views.Target, from the parent run's params
 
     # -- the search ---------------------------------------------------------------------------
@@ -122,6 +123,7 @@ class SearchTracker:
         for run in self._children("trial"):
             trial_id = run.data.tags[TRIAL_ID]
             self._trial_runs[trial_id] = run.info.run_id
+            self._points[run.info.run_id] = (trial_id, run.data.params.get("lam"), run.data.params.get("t"))
             if run.data.tags.get(views.NUMBER, "").isdigit():
                 self._numbers[trial_id] = int(run.data.tags[views.NUMBER])
             if run.info.status not in ("RUNNING", "KILLED"):  # KILLED: interrupted, continued on --resume
@@ -154,10 +156,9 @@ class SearchTracker:
         """One epoch of a trial: its metrics at step = epoch."""
         from trainers.trial import REPORTED
 
-        step = int(result["epoch"])
+        step, run_id = int(result["epoch"]), self._trial_run(trial_id, result)
         if step <= self._last_epoch.get(trial_id, (0, math.nan))[0]:
             return  # a retried worker reports again the epochs after its checkpoint: logged once
-        run_id = self._trial_run(trial_id, result)
         metrics = [Metric(k, float(result[k]), _now(), step) for k in REPORTED if k != "epoch" and result.get(k) is not None]
         metrics += views.log_epoch_views(self.client, run_id, result, self.target)
         self.client.log_batch(run_id, metrics=metrics)
@@ -232,6 +233,8 @@ class SearchTracker:
         return self.parent_id
 
     def _trial_run(self, trial_id: str, result: dict[str, Any]) -> str:
+        if trial_id not in self._trial_runs and (run_id := self._lost_run(trial_id, result)) is not None:
+            return run_id
         if trial_id not in self._trial_runs:
             lam, t = result.get("lam"), result.get("t")
             number = int(result.get("trial") or len(self._trial_runs) + 1)
@@ -244,6 +247,20 @@ class SearchTracker:
             self.client.log_batch(run.info.run_id, params=[Param("lam", _param(lam)), Param("t", _param(t))])
             self._trial_runs[trial_id] = run.info.run_id
         return self._trial_runs[trial_id]
+
+    def _lost_run(self, trial_id: str, result: dict[str, Any]) -> str | None:
+        """The run of the same proposal (number, λ, t) a killed driver started, whose Tune trial the resumed
+        Tuner lost (saved before it began: asked again under a new id); continued, each epoch still once."""
+        number, point = result.get("trial"), (_param(result.get("lam")), _param(result.get("t")))
+        for run_id, (old_id, lam, t) in self._points.items():
+            if self._numbers.get(old_id) == number and (lam, t) == point and old_id not in self._ended:
+                del self._points[run_id]
+                self._trial_runs[trial_id], self._numbers[trial_id] = run_id, number
+                if old_id in self._last_epoch:
+                    self._last_epoch[trial_id] = self._last_epoch[old_id]
+                self.client.set_tag(run_id, TRIAL_ID, trial_id)
+                return run_id
+        return None
 
     def _children(self, kind: str) -> list:
         query = f"tags.mlflow.parentRunId = '{self._parent()}' and tags.`{KIND}` = '{kind}'"

@@ -282,6 +282,30 @@ def _trial_worker(driver: int) -> int | None:
     return None
 
 
+def test_a_trial_the_resumed_tuner_lost_continues_its_run(tmp_path):
+    """A driver SIGKILLed before Tune saved a new trial's state: on --resume the strategy asks for the same
+    proposal again under a new Tune trial id; it continues the killed driver's run (one run per proposal,
+    each epoch once), while another point with the same number gets a run of its own."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SearchTracker(uri, "faults")
+    parent = tracker.start_search({"target": 0.5}, run_name="s")
+    epoch = {"lam": 0.03, "t": 1.2, "flops_reduction": 0.2, "threshold": 0.1, "val_accuracy": 0.3, "loss": 2.0, "trial": 2}
+    tracker.log_epoch("lost", {**epoch, "epoch": 1})  # then the driver is killed: no end, run left RUNNING
+
+    resumed = SearchTracker(uri, "faults")
+    resumed.resume_search(parent)
+    for e in (1, 2):  # the new trial starts again from epoch 1 (Tune had no checkpoint of it)
+        resumed.log_epoch("again", {**epoch, "epoch": e})
+    resumed.end_trial("again", {**epoch, "epoch": 2, "status": "stable", "message": ""})
+    resumed.log_epoch("other", {**epoch, "lam": 0.05, "epoch": 1})  # number 2 again, another λ: not the same trial
+    client = MlflowClient(uri)
+    runs = client.search_runs([tracker.experiment_id], f"{KIND} = 'trial'")
+    assert sorted(r.data.params["lam"] for r in runs) == ["0.03", "0.05"]
+    (run,) = [r for r in runs if r.data.params["lam"] == "0.03"]
+    assert run.info.status == "FINISHED" and run.data.tags["polarsearch.trial_id"] == "again"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "flops_reduction")] == [1, 2]
+
+
 @pytest.mark.slow
 def test_sigkill_of_a_trial_worker_is_retried_from_its_checkpoint(cifar10_dir, tmp_path):
     argv = _search(tmp_path, "--data-dir", str(cifar10_dir), "--max-trials", "1", "--min-epochs", "3",
