@@ -118,45 +118,53 @@ def stable_rule(config):
     return lambda fs: is_stable([{"flops_reduction": f} for f in fs], config)
 
 
+def _context(max_trials: int) -> tuple:
+    """What every replayed search shares: the recorded rows, cpu-quick's Config and search settings,
+    the seed-to-seed σ and the trial's stopping rule."""
+    rows, config = recorded_rows(), load_config("cpu-quick")
+    search = {**preset_section("cpu-quick"), "max_trials": max_trials}
+    return rows, config, search, seed_spread(rows), stable_rule(config)
+
+
+def _search(context: tuple, strategy: str, target: float, seed: int, delta: float, early, parallel: int = 1,
+            rule_of=None, known: list | None = None):  # fmt: skip
+    """One search replayed on its own noise draw: (the strategy as it ended, its Cost); `known`: the
+    trials it starts from (Strategy.recall)."""
+    rows, config, search, sigma, stable = context
+    built = strategies.build(SearchSettings(**search, target=target, delta=delta, strategy=strategy, parallel=parallel,
+                                            seed=seed, early_decisions=bool(early)))  # fmt: skip
+    if known is not None:
+        built.recall(known)
+    surface = Surface(rows, config.max_epochs, sigma, seed=1000 * seed + int(100 * target))
+    rule = rule_of(surface) if rule_of else None
+    return built, replay(built, surface, stable, config.max_epochs, rule=rule)
+
+
 def replayed(strategy: str, delta: float, seeds: int, early: bool = True, parallel: int = 1, max_trials: int = 20,
              rule_of=None):  # fmt: skip
     """(target, noise seed, Cost) of `strategy` for every target × `seeds` noise seeds; each trial is
     decided by `rule_of(surface)` (None: search.strategies.early's rule, when `early`)."""
-    rows, config = recorded_rows(), load_config("cpu-quick")
-    search = {**preset_section("cpu-quick"), "max_trials": max_trials}
-    sigma, stable = seed_spread(rows), stable_rule(config)
+    context = _context(max_trials)
     for target in TARGETS:
         for seed in range(seeds):
-            settings = SearchSettings(**search, target=target, delta=delta, strategy=strategy, parallel=parallel,
-                                      seed=seed, early_decisions=bool(early))  # fmt: skip
-            surface = Surface(rows, config.max_epochs, sigma, seed=1000 * seed + int(100 * target))
-            rule = rule_of(surface) if rule_of else None
-            yield target, seed, replay(strategies.build(settings), surface, stable, config.max_epochs, rule=rule)
+            yield target, seed, _search(context, strategy, target, seed, delta, early, parallel, rule_of)[1]
 
 
 def recalled(strategy: str, delta: float, seeds: int, early: bool, max_trials: int = 20):
     """(target, noise seed, Cost) as `replayed`, but per noise seed the six targets are one user's
     searches in a random order, each started (Strategy.recall) from the stable trials of the ones
     before it; a trial's replayed F is drawn afresh (its own noise), as a new trial's would be."""
-    rows, config = recorded_rows(), load_config("cpu-quick")
-    search = {**preset_section("cpu-quick"), "max_trials": max_trials}
-    sigma, stable = seed_spread(rows), stable_rule(config)
+    context = _context(max_trials)
     for seed in range(seeds):
         known: list[tuple[float, float, float]] = []
         for target in random.Random(seed).sample(TARGETS, len(TARGETS)):
-            settings = SearchSettings(**search, target=target, delta=delta, strategy=strategy, seed=seed,
-                                      early_decisions=bool(early))  # fmt: skip
-            built = strategies.build(settings)
-            built.recall(known)
-            surface = Surface(rows, config.max_epochs, sigma, seed=1000 * seed + int(100 * target))
-            yield target, seed, replay(built, surface, stable, config.max_epochs)
+            built, cost = _search(context, strategy, target, seed, delta, early, known=known)
+            yield target, seed, cost
             known += [(tr.lam, tr.t, tr.flops_reduction) for tr in built.trials if not tr.failed and not tr.decided]
 
 
 def run(seeds: int, max_trials: int) -> dict:
-    rows = recorded_rows()
-    search = {**preset_section("cpu-quick"), "max_trials": max_trials}
-    stable = stable_rule(load_config("cpu-quick"))
+    rows, _, search, sigma, stable = _context(max_trials)
     results = []
     for label, name, parallel in STRATEGIES:
         for early in RULES:
@@ -168,7 +176,7 @@ def run(seeds: int, max_trials: int) -> dict:
         for early in (False, True):
             for delta in DELTAS:
                 results += [_row(label, early, delta, *done) for done in recalled(name, delta, seeds, early, max_trials)]
-    return {"rows_recorded": len(rows), "sigma": seed_spread(rows), "seeds": seeds, "max_trials": max_trials,
+    return {"rows_recorded": len(rows), "sigma": sigma, "seeds": seeds, "max_trials": max_trials,
             "settings": search, "commit": _commit(), "results": results}  # fmt: skip
 
 
